@@ -1,0 +1,259 @@
+"""The modular autoencoder: one convolution encodes, its transpose (tied weights) decodes.
+
+Module ``i`` owns channels ``i·vector_length … (i+1)·vector_length-1``. The hint for a
+module selection is ``decode(encode(normalise(x)) · mask · gains)``: un-normalised,
+3×509×509 for a 512×512 input with the released model, exactly as the authors'
+``HyperColumnLGN.forward``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import SCGError
+from .gonlin import GONLINS, Gonlin
+from .groups import authors_groups, parse_gains, resolve_modules, validate_groups
+from .ops import conv2d_polyphase, conv_transpose2d_full
+
+#: Input normalisation of the released model (CIFAR-100 statistics, as the authors use them).
+AUTHORS_MEAN = (0.50705882, 0.48666667, 0.44078431)
+AUTHORS_STD = (0.26745098, 0.25568627, 0.27607843)
+ACTIVATIONS = (None, "gelu", "relu")
+
+
+@dataclasses.dataclass
+class AutoencoderConfig:
+    """Everything that defines a modular autoencoder besides its weights."""
+
+    gonlin: str = "Bipolar"
+    n_vector: int = 16
+    vector_length: int = 4
+    stride: int = 4
+    padding: int | None = None  # None: (K-1)//2, as the authors derive it
+    kernel_size: int | None = None  # Vanilla only; the other gonlins fix it
+    activation: str | None = None
+    mean: tuple[float, float, float] = AUTHORS_MEAN
+    std: tuple[float, float, float] = AUTHORS_STD
+    groups: list[dict] = dataclasses.field(default_factory=authors_groups)
+    #: provenance (source format, training command, data, steps...), kept as given
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AutoencoderConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise SCGError(f"autoencoder config: unknown field(s) {unknown}")
+        d = dict(d)
+        for k in ("mean", "std"):
+            if k in d:
+                d[k] = tuple(float(v) for v in d[k])
+        return cls(**d)
+
+
+class ModularAutoencoder(nn.Module):
+    """SCG's modular autoencoder.
+
+    Attributes: ``n_vector`` modules of ``vector_length`` channels, ``kernel_size``,
+    ``stride``, ``padding``, ``groups`` (ordered name → module indices) and
+    ``group_descriptions``.
+    """
+
+    def __init__(self, config: AutoencoderConfig | None = None):
+        super().__init__()
+        cfg = config or AutoencoderConfig()
+        if cfg.gonlin not in GONLINS:
+            raise SCGError(f"gonlin: unknown factorisation {cfg.gonlin!r}; known: {', '.join(GONLINS)}")
+        if cfg.activation not in ACTIVATIONS:
+            raise SCGError(f"activation: {cfg.activation!r} is not one of {ACTIVATIONS}")
+        for k in ("n_vector", "vector_length", "stride"):
+            if int(getattr(cfg, k)) < 1:
+                raise SCGError(f"{k} must be ≥ 1; got {getattr(cfg, k)}")
+        if len(cfg.mean) != 3 or len(cfg.std) != 3 or min(cfg.std) <= 0:
+            raise SCGError(f"normalisation: need 3 means and 3 positive stds; got {cfg.mean}, {cfg.std}")
+        kw = {"kernel_size": int(cfg.kernel_size or 21)} if cfg.gonlin == "Vanilla" else {}
+        self.gonlin: Gonlin = GONLINS[cfg.gonlin](cfg.n_vector, cfg.vector_length, 3, **kw)
+        self.n_vector, self.vector_length = int(cfg.n_vector), int(cfg.vector_length)
+        self.n_channels = self.n_vector * self.vector_length
+        self.kernel_size = self.gonlin.kernel_size
+        self.stride = int(cfg.stride)
+        self.padding = (self.kernel_size - 1) // 2 if cfg.padding is None else int(cfg.padding)
+        cfg.groups = validate_groups(cfg.groups, self.n_vector)
+        cfg.kernel_size, cfg.padding = self.kernel_size, self.padding
+        self.config = cfg
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+        self._kernel_cache: tuple | None = None
+
+    # --- groups -----------------------------------------------------------------------
+    @property
+    def groups(self) -> "OrderedDict[str, list[int]]":
+        return OrderedDict((g["name"], list(g["modules"])) for g in self.config.groups)
+
+    @property
+    def group_descriptions(self) -> dict[str, str]:
+        return {g["name"]: g["description"] for g in self.config.groups}
+
+    def set_groups(self, groups: list[dict]) -> None:
+        """Replace the groups (entries ``{name, modules, description}``)."""
+        self.config.groups = validate_groups(groups, self.n_vector)
+
+    def resolve_modules(self, modules) -> list[int]:
+        """A group name, ``"HC2+HC3"``, ``"0,1,4"``, ``"all"`` or ints → module indices."""
+        return resolve_modules(modules, self.groups, self.n_vector)
+
+    def channels(self, modules: list[int]) -> list[int]:
+        """Feature channels owned by ``modules`` (module i → i·vl … i·vl+vl-1)."""
+        vl = self.vector_length
+        return [m * vl + k for m in modules for k in range(vl)]
+
+    # --- the model, differentiable (training and reference) ----------------------------
+    def kernel(self) -> torch.Tensor:
+        """Composite kernel, n_channels×3×K×K (differentiable; the authors' ``get_weight``)."""
+        return self.gonlin.kernel()
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """B×3×H×W in [0, 1] → normalised input."""
+        return (images - self.mean.to(images)) / self.std.to(images)
+
+    def activate(self, f: torch.Tensor) -> torch.Tensor:
+        act = self.config.activation
+        return f if act is None else F.gelu(f) if act == "gelu" else F.relu(f)
+
+    def encode(self, x: torch.Tensor, modules=None, normalize: bool = True) -> torch.Tensor:
+        """Features, B×(vl·|S|)×h×w (all modules when ``modules`` is None).
+
+        x: B×3×H×W, images in [0, 1] (``normalize=True``) or already normalised.
+        """
+        w = self.kernel()
+        if modules is not None:
+            w = w[self.channels(self.resolve_modules(modules))]
+        x = self.normalize(x) if normalize else x
+        return self.activate(F.conv2d(x, w.to(x.dtype), stride=self.stride, padding=self.padding))
+
+    def decode(self, features: torch.Tensor, modules=None) -> torch.Tensor:
+        """Tied transposed convolution: B×(vl·|S|)×h×w → B×3×H'×W' (normalised space)."""
+        w = self.kernel()
+        if modules is not None:
+            w = w[self.channels(self.resolve_modules(modules))]
+        return F.conv_transpose2d(features, w.to(features.dtype), stride=self.stride, padding=self.padding)
+
+    def decode_per_module(self, features: torch.Tensor) -> torch.Tensor:
+        """All-module features B×C×h×w → per-module reconstructions B×n_vector×3×H'×W'."""
+        w = self.kernel().to(features.dtype)
+        out = F.conv_transpose2d(features, w, stride=self.stride, padding=self.padding, groups=self.n_vector)
+        return out.unflatten(1, (self.n_vector, 3))
+
+    # --- inference: the hint, computing only what the selection needs -----------------
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Hint size for an H×W input (509×509 for 512×512 with the released model)."""
+        s, k, p = self.stride, self.kernel_size, self.padding
+        return tuple(((n + 2 * p - k) // s) * s + k - 2 * p for n in (height, width))
+
+    def check_images(self, images, name: str = "images") -> torch.Tensor:
+        """Validate a B×3×H×W batch in [0, 1]; raise :class:`SCGError` naming the problem."""
+        if not isinstance(images, torch.Tensor):
+            raise SCGError(f"{name}: expected a torch.Tensor B×3×H×W, got {type(images).__name__}")
+        if images.dim() != 4:
+            raise SCGError(f"{name}: expected 4 dims B×3×H×W, got shape {tuple(images.shape)}"
+                           + (" (add a batch dimension: images[None])" if images.dim() == 3 else ""))
+        c = images.shape[1]
+        if c != 3:
+            if images.shape[-1] in (1, 3, 4) and c not in (1, 4):
+                raise SCGError(f"{name}: shape {tuple(images.shape)} looks like B×H×W×C (channels last); "
+                               "pass images.permute(0, 3, 1, 2)")
+            hint = {1: "grey: repeat it to RGB (images.expand(-1, 3, -1, -1))",
+                    4: "RGBA: drop alpha (images[:, :3]) or composite it first"}.get(c, "")
+            raise SCGError(f"{name}: expected 3 (RGB) channels, got {c}" + (f"; {hint}" if hint else ""))
+        if not images.is_floating_point():
+            raise SCGError(f"{name}: expected floats in [0, 1], got {images.dtype} (divide by 255)")
+        k = self.kernel_size
+        if min(images.shape[-2:]) < k:
+            raise SCGError(f"{name}: {images.shape[-2]}×{images.shape[-1]} is smaller than the "
+                           f"{k}×{k} kernel; use images of at least {k}×{k}")
+        if images.numel() and not torch.isfinite(images).all():
+            raise SCGError(f"{name}: contains NaN or infinite values")
+        lo, hi = (images.amin().item(), images.amax().item()) if images.numel() else (0, 0)
+        if lo < -0.5 or hi > 1.5:
+            raise SCGError(f"{name}: values must lie in [0, 1]; got [{lo:.3g}, {hi:.3g}]"
+                           + (" (0..255 data? divide by 255)" if hi > 2 else ""))
+        return images
+
+    def _composite(self) -> torch.Tensor:
+        """Composite kernel for inference, composed once per weights (cached)."""
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        if self._kernel_cache is None or self._kernel_cache[0] != key:
+            with torch.no_grad():
+                self._kernel_cache = (key, self.kernel().detach())
+        return self._kernel_cache[1]
+
+    @torch.no_grad()
+    def hint(self, images: torch.Tensor, modules, gains=None) -> torch.Tensor:
+        """The ControlNet hint of a module selection.
+
+        images: B×3×H×W in [0, 1]. modules: see :meth:`resolve_modules`. gains: see
+        :func:`scg_models.groups.parse_gains`. Returns B×3×h×w (:meth:`output_size`),
+        un-normalised, in the model's dtype. No gradient. Only the selected modules'
+        channels are encoded and decoded.
+        """
+        self.check_images(images)
+        mods = self.resolve_modules(modules)
+        gains = parse_gains(gains, mods, self.n_vector)
+        p = next(self.parameters())
+        x = self.normalize(images.to(device=p.device, dtype=p.dtype))
+        H, W = x.shape[-2:]
+        out_h, out_w = self.output_size(H, W)
+        cascade = self.gonlin.cascade_stride == self.stride
+        if cascade:
+            f = self.gonlin.cascade_encode(F.pad(x, (self.padding,) * 4), mods)
+        else:
+            w = self._composite()[self.channels(mods)]
+            f = conv2d_polyphase(x, w, self.stride, self.padding)
+        f = self.activate(f)
+        if gains is not None:
+            g = torch.tensor(gains, dtype=f.dtype, device=f.device).repeat_interleave(self.vector_length)
+            f = f * g.view(1, -1, 1, 1)
+        if cascade:
+            y = self.gonlin.cascade_decode(f, mods)
+        else:
+            y = conv_transpose2d_full(f, w, stride=self.stride)
+        p0 = self.padding
+        return y[..., p0:p0 + out_h, p0:p0 + out_w]
+
+    @torch.no_grad()
+    def preview(self, images: torch.Tensor, modules, gains=None, eps: float = 1e-6) -> torch.Tensor:
+        """The hint min-max scaled per image and channel to [0, 1] (B×3×h×w).
+
+        A channel whose range is below ``eps`` (near-constant) shows as 0.5, not noise.
+        """
+        return minmax(self.hint(images, modules, gains), eps)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"gonlin={c.gonlin}, modules={self.n_vector}×{self.vector_length}, kernel={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, groups={list(self.groups)}")
+
+
+def minmax(hint: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per image and channel min-max scaling of B×C×H×W to [0, 1]; near-constant → 0.5."""
+    h = hint.float()
+    lo = h.amin(dim=(-2, -1), keepdim=True)
+    rng = h.amax(dim=(-2, -1), keepdim=True) - lo
+    scale = torch.where(rng > eps, rng, torch.ones_like(rng))
+    return torch.where(rng > eps, (h - lo) / scale, torch.full_like(h, 0.5)).clamp_(0, 1)
+
+
+def trainable_parameter_count(ae: ModularAutoencoder) -> int:
+    return sum(p.numel() for p in ae.parameters() if p.requires_grad)
+
+
+__all__ = ["AutoencoderConfig", "ModularAutoencoder", "AUTHORS_MEAN", "AUTHORS_STD", "minmax",
+           "trainable_parameter_count"]

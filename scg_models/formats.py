@@ -1,0 +1,284 @@
+"""Reading and writing every file a user brings; formats are detected from content and keys.
+
+* Ours: ``.safetensors`` with the autoencoder weights (``gonlin.*``) and its config as
+  JSON in the metadata key ``scg_autoencoder``.
+* The authors' autoencoder ``.pth``: ``{'arg': argparse.Namespace, 'state_dict': {...}}``,
+  factor weights under ``lgn_ende.0.conv.*``.
+* The authors' SCG ControlNet ``.ckpt`` (PyTorch Lightning): the whole ControlLDM; the
+  autoencoder sits under ``control_model.input_hint_block_new.0.lgn_ende.conv.*``.
+* Our converted ControlNet ``.safetensors``: ComfyUI's ldm ControlNet layout plus the
+  autoencoder under ``scg_autoencoder.*`` (ComfyUI's own loader ignores those keys).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .autoencoder import AutoencoderConfig, ModularAutoencoder
+from .errors import CheckpointError, SCGError
+from .safe_pickle import safe_torch_load
+
+META_KEY = "scg_autoencoder"
+CONTROLNET_META_KEY = "scg_controlnet"
+AE_PREFIX = "scg_autoencoder."
+AUTHORS_AE_PREFIXES = ("lgn_ende.0.conv.", "module.lgn_ende.0.conv.")
+CKPT_AE_PREFIXES = ("control_model.input_hint_block_new.0.lgn_ende.conv.", "control_model.hypercolumn.lgn_ende.conv.")
+_HINT_NEW = re.compile(r"^input_hint_block_new\.(\d+)\.(.+)$")
+
+
+# --- reading raw files -----------------------------------------------------------------
+def _kind(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot open ({e.strerror or e})") from None
+    if len(head) < 8:
+        raise CheckpointError(f"{path}: empty or truncated file ({size} bytes)")
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "pickle"
+    n = struct.unpack("<Q", head[:8])[0]
+    if head[8:9] == b"{" and n + 8 <= size:
+        return "safetensors"
+    if head[8:9] == b"{":
+        raise CheckpointError(f"{path}: truncated safetensors file (header says {n + 8} bytes, file has {size})")
+    raise CheckpointError(f"{path}: unknown file format (neither safetensors nor a PyTorch checkpoint)")
+
+
+@dataclass
+class RawFile:
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+    arg: object | None = None  # the authors' argparse.Namespace, if any
+
+
+def read_file(path: str) -> RawFile:
+    """Tensors (and metadata / the authors' ``arg``) of a checkpoint, loaded safely on the CPU."""
+    path = os.fspath(path)
+    if _kind(path) == "safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as fh:
+                meta = fh.metadata() or {}
+            return RawFile(load_file(path), dict(meta))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: corrupt safetensors file ({e})") from None
+    obj = safe_torch_load(path)
+    arg = None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        arg = obj.get("arg")
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return RawFile(tensors, {}, arg)
+
+
+# --- the autoencoder -------------------------------------------------------------------
+def _strip(tensors: Mapping[str, torch.Tensor], prefixes) -> dict[str, torch.Tensor]:
+    for prefix in prefixes:
+        found = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if found:
+            return found
+    return {}
+
+
+def _arg_value(arg, name, default=None):
+    v = getattr(arg, name, default)
+    return v[0] if isinstance(v, (list, tuple)) else v
+
+
+def _infer_config(factors: Mapping[str, torch.Tensor], path: str, arg=None) -> AutoencoderConfig:
+    """Config of an authors'-format autoencoder from its factor shapes (and ``arg``)."""
+    def shape(k):
+        return tuple(factors[k].shape) if k in factors else None
+
+    if shape("c0_1.weight"):
+        gonlin, nv = "Bipolar_1x1", shape("c0_1.weight")[0]
+    elif shape("c1_2_2.weight"):
+        gonlin = "Bipolar_ks3" if shape("c1_1.weight")[-1] == 3 else "Bipolar"
+        nv = shape("c1_1.weight")[0]
+    elif shape("c1.weight") and shape("c2.weight"):
+        nv = shape("c1.weight")[0]
+        gonlin = "Vanilla_2layer" if shape("c2.weight")[1] == 1 else "Vanilla_2layer_nogroup"
+    elif shape("c1.weight"):
+        gonlin, nv = "Vanilla", None
+    else:
+        raise CheckpointError(f"{path}: no autoencoder factor weights found (expected c1_1/c1_2_1/c1_2_2/c2 "
+                              f"or c1/c2); keys: {sorted(factors)[:8]}")
+    cfg = {"gonlin": gonlin}
+    if arg is not None:
+        named = _arg_value(arg, "gonlin")
+        if named is not None and named != gonlin:
+            raise CheckpointError(f"{path}: arg.gonlin is {named!r} but the weights are shaped like {gonlin!r}")
+        rn = int(_arg_value(arg, "rot_num", 1) or 1)
+        nv_arg, vl_arg = _arg_value(arg, "n_vector"), _arg_value(arg, "vector_length")
+        if nv_arg is not None and vl_arg is not None:
+            cfg["n_vector"], cfg["vector_length"] = int(nv_arg) // rn, int(vl_arg) * rn
+        if _arg_value(arg, "lgn_stride") is not None:
+            cfg["stride"] = int(_arg_value(arg, "lgn_stride"))
+        cfg["activation"] = _arg_value(arg, "activate_fn")
+        if gonlin == "Vanilla" and _arg_value(arg, "lgn_kernel_size") is not None:
+            cfg["kernel_size"] = int(_arg_value(arg, "lgn_kernel_size"))
+    total = shape("c2.weight")[0] if shape("c2.weight") else shape("c1.weight")[0]
+    if "n_vector" not in cfg:
+        nv = nv or total // 4
+        cfg["n_vector"], cfg["vector_length"] = nv, total // nv
+    if gonlin == "Vanilla":
+        cfg.setdefault("kernel_size", shape("c1.weight")[-1])
+    cfg["info"] = {"source_format": "authors_pth" if arg is not None else "authors_ckpt",
+                   "source_file": os.path.basename(path)}
+    return AutoencoderConfig(**cfg)
+
+
+def autoencoder_from_state_dict(factors: Mapping[str, torch.Tensor], config: AutoencoderConfig,
+                                path: str = "state dict") -> ModularAutoencoder:
+    """Build the autoencoder and load its weights strictly: every key present, every shape right."""
+    ae = ModularAutoencoder(config)
+    expected = ae.state_dict()
+    given = {k if k.startswith("gonlin.") else "gonlin." + k: v for k, v in factors.items()
+             if not k.endswith("eye")}
+    missing = [k for k in expected if k not in given]
+    if missing:
+        raise CheckpointError(f"{path}: weight {missing[0]!r} is missing for gonlin {config.gonlin!r}")
+    for k, v in expected.items():
+        if tuple(given[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{path}: weight {k!r} has shape {tuple(given[k].shape)}, "
+                                  f"expected {tuple(v.shape)} for {config.gonlin} "
+                                  f"{config.n_vector}×{config.vector_length}")
+        if not given[k].is_floating_point() or not torch.isfinite(given[k]).all():
+            raise CheckpointError(f"{path}: weight {k!r} is not finite floating point")
+    ae.load_state_dict({k: given[k].float() for k in expected})
+    return ae
+
+
+def autoencoder_from_raw(raw: RawFile, path: str) -> ModularAutoencoder:
+    """The autoencoder in any supported file, or a :class:`CheckpointError`."""
+    t = raw.tensors
+    if META_KEY in raw.metadata:
+        try:
+            cfg = AutoencoderConfig.from_dict(json.loads(raw.metadata[META_KEY]))
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: bad {META_KEY} metadata ({e})") from None
+        factors = _strip(t, (AE_PREFIX,)) or {k: v for k, v in t.items() if k.startswith("gonlin.")}
+        return autoencoder_from_state_dict(factors, cfg, path)
+    factors = _strip(t, AUTHORS_AE_PREFIXES)
+    if factors:
+        if raw.arg is None:
+            raise CheckpointError(f"{path}: authors' autoencoder weights without their 'arg' namespace")
+        return autoencoder_from_state_dict(factors, _infer_config(factors, path, raw.arg), path)
+    factors = _strip(t, CKPT_AE_PREFIXES)
+    if factors:
+        return autoencoder_from_state_dict(factors, _infer_config(factors, path), path)
+    raise CheckpointError(f"{path}: no SCG autoencoder in this file (not our .safetensors, not the authors' "
+                          f".pth or SCG ControlNet .ckpt); first keys: {sorted(t)[:5]}")
+
+
+def load_autoencoder(path, device=None, dtype=None) -> ModularAutoencoder:
+    """Load an autoencoder from any supported file, in eval mode with frozen weights.
+
+    Files in the authors' formats get :data:`scg_models.AUTHORS_GROUPS`.
+    """
+    path = os.fspath(path)
+    ae = autoencoder_from_raw(read_file(path), path)
+    return ae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _atomic_save(tensors: dict, path: str, metadata: dict[str, str]) -> None:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def autoencoder_metadata(ae: ModularAutoencoder, info: dict | None = None) -> dict[str, str]:
+    cfg = ae.config.to_dict()
+    cfg["info"] = {**cfg.get("info", {}), **(info or {})}
+    return {META_KEY: json.dumps(cfg), "format": "scg_autoencoder", "format_version": "1"}
+
+
+def save_autoencoder(ae: ModularAutoencoder, path, info: dict | None = None) -> None:
+    """Write ``ae`` in our format (weights in fp32, config in the metadata), atomically."""
+    _atomic_save({k: v.float() for k, v in ae.state_dict().items()}, path, autoencoder_metadata(ae, info))
+
+
+# --- the SCG ControlNet ----------------------------------------------------------------
+@dataclass
+class ControlNetFile:
+    """A ControlNet state dict in ComfyUI's ldm layout (no prefix) and its autoencoder."""
+
+    state_dict: dict[str, torch.Tensor]
+    autoencoder: ModularAutoencoder | None
+    metadata: dict[str, str]
+
+
+def controlnet_state_dict(tensors: Mapping[str, torch.Tensor], path: str = "state dict") -> dict[str, torch.Tensor]:
+    """The authors' ``control_model.*`` keys → ComfyUI's layout.
+
+    ``input_hint_block_new.{k}`` → ``input_hint_block.{k-1}`` (k ≥ 1); index 0 (the
+    autoencoder) and ``hypercolumn.*`` are dropped; ``model.*``, ``first_stage_model.*`` and
+    ``cond_stage_model.*`` are ignored. Keys already in ComfyUI's layout pass through.
+    """
+    out = {}
+    for key, v in tensors.items():
+        if key.startswith(AE_PREFIX):
+            continue
+        if key.startswith("control_model."):
+            key = key[len("control_model."):]
+        elif key.split(".")[0] in ("model", "first_stage_model", "cond_stage_model", "model_ema"):
+            continue
+        if key.startswith("hypercolumn."):
+            continue
+        m = _HINT_NEW.match(key)
+        if m:
+            if int(m.group(1)) == 0:
+                continue
+            key = f"input_hint_block.{int(m.group(1)) - 1}.{m.group(2)}"
+        out[key] = v
+    for need in ("input_hint_block.0.weight", "zero_convs.0.0.weight"):
+        if need not in out:
+            raise CheckpointError(f"{path}: no ControlNet found ({need!r} missing after conversion)")
+    return out
+
+
+def load_controlnet_file(path) -> ControlNetFile:
+    """An authors' SCG ControlNet ``.ckpt`` or our converted file → :class:`ControlNetFile`."""
+    path = os.fspath(path)
+    raw = read_file(path)
+    sd = controlnet_state_dict(raw.tensors, path)
+    try:
+        ae = autoencoder_from_raw(raw, path)
+    except CheckpointError:
+        ae = None
+    return ControlNetFile(sd, ae, dict(raw.metadata))
+
+
+def save_controlnet(cn: ControlNetFile, path, dtype: torch.dtype | None = None, info: dict | None = None) -> None:
+    """Write a converted ControlNet (optionally cast), with its autoencoder embedded, atomically."""
+    if dtype is not None and dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise SCGError(f"dtype: {dtype} is not fp16, bf16 or fp32")
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in cn.state_dict.items()}
+    meta = {CONTROLNET_META_KEY: json.dumps(info or {})}
+    if cn.autoencoder is not None:
+        tensors.update({AE_PREFIX + k: v.float() for k, v in cn.autoencoder.state_dict().items()})
+        meta.update(autoencoder_metadata(cn.autoencoder))
+    _atomic_save(tensors, path, meta)
