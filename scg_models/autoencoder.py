@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .errors import SCGError
 from .gonlin import GONLINS, Gonlin
-from .groups import authors_groups, parse_gains, resolve_modules, validate_groups
+from .groups import default_groups, parse_gains, resolve_modules, validate_groups
 from .ops import conv2d_polyphase, conv_transpose2d_full
 
 #: Input normalisation of the released model (CIFAR-100 statistics, as the authors use them).
@@ -39,7 +39,8 @@ class AutoencoderConfig:
     activation: str | None = None
     mean: tuple[float, float, float] = AUTHORS_MEAN
     std: tuple[float, float, float] = AUTHORS_STD
-    groups: list[dict] = dataclasses.field(default_factory=authors_groups)
+    #: None: the authors' ten groups for 16 modules, else one group per module
+    groups: list[dict] | None = None
     #: provenance (source format, training command, data, steps...), kept as given
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -86,6 +87,8 @@ class ModularAutoencoder(nn.Module):
         self.kernel_size = self.gonlin.kernel_size
         self.stride = int(cfg.stride)
         self.padding = (self.kernel_size - 1) // 2 if cfg.padding is None else int(cfg.padding)
+        if cfg.groups is None:
+            cfg.groups = default_groups(self.n_vector)
         cfg.groups = validate_groups(cfg.groups, self.n_vector)
         cfg.kernel_size, cfg.padding = self.kernel_size, self.padding
         self.config = cfg

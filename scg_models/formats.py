@@ -41,17 +41,22 @@ def _kind(path: str) -> str:
         with open(path, "rb") as fh:
             head = fh.read(16)
             size = os.fstat(fh.fileno()).st_size
+            n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else 0
+            if head[8:9] == b"{" and n + 8 <= size:
+                fh.seek(8)
+                try:
+                    json.loads(fh.read(n) if n < 1 << 27 else b"")
+                    return "safetensors"
+                except ValueError:
+                    pass
     except OSError as e:
         raise CheckpointError(f"{path}: cannot open ({e.strerror or e})") from None
     if len(head) < 8:
         raise CheckpointError(f"{path}: empty or truncated file ({size} bytes)")
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "pickle"
-    n = struct.unpack("<Q", head[:8])[0]
-    if head[8:9] == b"{" and n + 8 <= size:
-        return "safetensors"
     if head[8:9] == b"{":
-        raise CheckpointError(f"{path}: truncated safetensors file (header says {n + 8} bytes, file has {size})")
+        raise CheckpointError(f"{path}: truncated safetensors file (header says {n + 8}+ bytes, file has {size})")
     raise CheckpointError(f"{path}: unknown file format (neither safetensors nor a PyTorch checkpoint)")
 
 

@@ -31,6 +31,13 @@ def authors_groups() -> list[dict]:
     return [{"name": n, "modules": list(m), "description": d} for n, m, d in AUTHORS_GROUPS]
 
 
+def default_groups(n_vector: int) -> list[dict]:
+    """Groups for a model that brings none: the authors' ten at 16 modules, else one per module."""
+    if n_vector == 16:
+        return authors_groups()
+    return [{"name": f"M{i}", "modules": [i], "description": f"module {i}"} for i in range(n_vector)]
+
+
 def validate_groups(groups: Sequence[Mapping], n_vector: int) -> list[dict]:
     """Check group entries against ``n_vector`` modules; return clean copies."""
     out, seen = [], set()

@@ -48,8 +48,9 @@ def safe_torch_load(path: str):
     allowed: list = [argparse.Namespace]
     for _ in range(_MAX_STUBS):
         try:
-            with torch.serialization.safe_globals(allowed):
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+            # a file object, not a name: torch.load must not pick a loader from the file's extension
+            with torch.serialization.safe_globals(allowed), open(path, "rb") as fh:
+                return torch.load(fh, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             m = _GLOBAL.search(str(e))
             if not m:

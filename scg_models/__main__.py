@@ -1,0 +1,131 @@
+"""Command line: ``python -m scg_models {convert,extract,bench} ...`` (``-h`` for help)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import SCGError
+
+DEFAULT_MODEL = Path(__file__).with_name("weights") / "scg_default.safetensors"
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def _dtype(name):
+    import torch
+
+    return {None: None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def cmd_convert(a) -> None:
+    from . import formats
+
+    if not (a.controlnet or a.autoencoder):
+        raise SCGError("convert: give --controlnet OUT and/or --autoencoder OUT")
+    raw = formats.read_file(a.src)
+    parts = []
+    ae = formats.autoencoder_from_raw(raw, a.src)
+    if a.controlnet:
+        sd = formats.controlnet_state_dict(raw.tensors, a.src)
+        cn = formats.ControlNetFile(sd, ae, {})
+        formats.save_controlnet(cn, a.controlnet, _dtype(a.dtype), info={"source_file": os.path.basename(a.src)})
+        n = sum(v.numel() for v in sd.values())
+        parts.append(f"ControlNet {len(sd)} tensors, {n / 1e6:.1f} M params, {a.dtype or 'as stored'} → {a.controlnet}")
+    if a.autoencoder:
+        formats.save_autoencoder(ae, a.autoencoder)
+        parts.append(f"autoencoder {ae.config.gonlin} {ae.n_vector}×{ae.vector_length}, "
+                     f"groups {','.join(ae.groups)} → {a.autoencoder}")
+    print("converted " + os.path.basename(a.src) + ": " + "; ".join(parts))
+
+
+def _images(paths):
+    for p in map(Path, paths):
+        if p.is_dir():
+            yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS)
+        else:
+            yield p
+
+
+def cmd_extract(a) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from . import load_autoencoder
+
+    model = a.model or DEFAULT_MODEL
+    if not Path(model).is_file():
+        raise SCGError(f"--model: {model} not found; pass an autoencoder file (.safetensors, the authors' .pth or .ckpt)")
+    ae = load_autoencoder(model)
+    groups = [g.strip() for g in a.groups.split(",") if g.strip()] if a.groups else list(ae.groups)
+    selections = [(g, ae.resolve_modules(g)) for g in groups]
+    paths = list(_images(a.images))
+    if not paths:
+        raise SCGError("extract: no images given")
+    os.makedirs(a.output, exist_ok=True)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        def tqdm(it, **_):
+            return it
+    written = 0
+    for p in tqdm(paths, desc="extract", unit="img", disable=len(paths) < 2):
+        try:
+            img = Image.open(p)
+            img.load()
+        except Exception as e:  # unreadable images are reported, not fatal
+            print(f"skipped {p}: {e}", file=sys.stderr)
+            continue
+        x = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        for name, mods in selections:
+            prev = ae.preview(x, mods, a.gains or None)[0]
+            arr = (prev.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            Image.fromarray(arr).save(Path(a.output) / f"{p.stem}_{name.replace('+', '_').replace(',', '_')}.png")
+            written += 1
+    print(f"wrote {written} previews ({len(paths)} images × {len(selections)} groups) to {a.output}")
+
+
+def cmd_bench(a) -> None:
+    from . import bench
+
+    model = None
+    if a.model:
+        from . import load_autoencoder
+
+        model = load_autoencoder(a.model)
+    bench.run(size=a.size, batch=a.batch, repeats=a.repeats, device=a.device, dtype=a.dtype, model=model)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m scg_models", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert", help="authors' SCG ControlNet .ckpt → ComfyUI ControlNet + our autoencoder")
+    c.add_argument("src")
+    c.add_argument("--controlnet", help="output ControlNet .safetensors (loads with ComfyUI's ControlNetLoader)")
+    c.add_argument("--autoencoder", help="output autoencoder .safetensors (our format)")
+    c.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="cast the ControlNet weights")
+    e = sub.add_parser("extract", help="write preview PNGs per image and group")
+    e.add_argument("images", nargs="+", help="image files or folders")
+    e.add_argument("--groups", help="comma-separated groups, e.g. HC0,HC3 (default: all groups)")
+    e.add_argument("--gains", help="per-module gains, e.g. 0:1.5,4:0.5")
+    e.add_argument("--model", help=f"autoencoder file (default: {DEFAULT_MODEL.name}, shipped)")
+    e.add_argument("-o", "--output", required=True, help="output folder")
+    b = sub.add_parser("bench", help="ms/image of hint extraction, ours vs the authors' way")
+    b.add_argument("--size", type=int, default=512)
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--repeats", type=int, default=20)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    b.add_argument("--model", help="time this autoencoder file instead of random released-shape weights")
+    a = ap.parse_args(argv)
+    try:
+        {"convert": cmd_convert, "extract": cmd_extract, "bench": cmd_bench}[a.cmd](a)
+    except SCGError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
