@@ -109,11 +109,12 @@ def _infer_config(factors: Mapping[str, torch.Tensor], path: str, arg=None) -> A
     def shape(k):
         return tuple(factors[k].shape) if k in factors else None
 
-    if shape("c0_1.weight"):
-        gonlin, nv = "Bipolar_1x1", shape("c0_1.weight")[0]
-    elif shape("c1_2_2.weight"):
-        gonlin = "Bipolar_ks3" if shape("c1_1.weight")[-1] == 3 else "Bipolar"
-        nv = shape("c1_1.weight")[0]
+    named = _arg_value(arg, "gonlin") if arg is not None else None
+    first = shape("c1_1.weight") or shape("c1_2_1.weight")
+    if shape("c0_1.weight") or shape("c0_2.weight"):
+        gonlin, nv = "Bipolar_1x1", (shape("c0_1.weight") or shape("c0_2.weight"))[0]
+    elif first:
+        gonlin, nv = ("Bipolar_ks3" if first[-1] == 3 else "Bipolar"), first[0]
     elif shape("c1.weight") and shape("c2.weight"):
         nv = shape("c1.weight")[0]
         gonlin = "Vanilla_2layer" if shape("c2.weight")[1] == 1 else "Vanilla_2layer_nogroup"
@@ -122,11 +123,10 @@ def _infer_config(factors: Mapping[str, torch.Tensor], path: str, arg=None) -> A
     else:
         raise CheckpointError(f"{path}: no autoencoder factor weights found (expected c1_1/c1_2_1/c1_2_2/c2 "
                               f"or c1/c2); keys: {sorted(factors)[:8]}")
+    if named is not None and named != gonlin:
+        raise CheckpointError(f"{path}: arg.gonlin is {named!r} but the weights are shaped like {gonlin!r}")
     cfg = {"gonlin": gonlin}
     if arg is not None:
-        named = _arg_value(arg, "gonlin")
-        if named is not None and named != gonlin:
-            raise CheckpointError(f"{path}: arg.gonlin is {named!r} but the weights are shaped like {gonlin!r}")
         rn = int(_arg_value(arg, "rot_num", 1) or 1)
         nv_arg, vl_arg = _arg_value(arg, "n_vector"), _arg_value(arg, "vector_length")
         if nv_arg is not None and vl_arg is not None:
@@ -136,7 +136,7 @@ def _infer_config(factors: Mapping[str, torch.Tensor], path: str, arg=None) -> A
         cfg["activation"] = _arg_value(arg, "activate_fn")
         if gonlin == "Vanilla" and _arg_value(arg, "lgn_kernel_size") is not None:
             cfg["kernel_size"] = int(_arg_value(arg, "lgn_kernel_size"))
-    total = shape("c2.weight")[0] if shape("c2.weight") else shape("c1.weight")[0]
+    total = (shape("c2.weight") or shape("c1.weight") or (nv * 4,))[0]
     if "n_vector" not in cfg:
         nv = nv or total // 4
         cfg["n_vector"], cfg["vector_length"] = nv, total // nv

@@ -20,7 +20,7 @@ from .errors import CheckpointError, UnsafeCheckpointError
 #: top-level packages whose classes may appear in a Lightning checkpoint as plain data
 TOLERATED_PACKAGES = ("pytorch_lightning", "lightning", "lightning_fabric", "omegaconf", "numpy",
                       "pathlib", "typing", "enum")
-_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _MAX_STUBS = 200
 
 
@@ -54,6 +54,9 @@ def safe_torch_load(path: str):
         except pickle.UnpicklingError as e:
             m = _GLOBAL.search(str(e))
             if not m:
+                if "Weights only load failed" in str(e):  # the safe unpickler refused an instruction
+                    raise UnsafeCheckpointError(f"{path}: refused to load: the pickle uses instructions that "
+                                                f"only code-running files need ({_last_line(e)})") from None
                 raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
             name = m.group(1)
             if name.split(".")[0] not in TOLERATED_PACKAGES:
@@ -65,6 +68,11 @@ def safe_torch_load(path: str):
         except (RuntimeError, EOFError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({_first_line(e)})") from None
     raise UnsafeCheckpointError(f"{path}: refused: more than {_MAX_STUBS} unknown classes in the pickle")
+
+
+def _last_line(e: Exception) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip() and "documentation" not in ln]
+    return (lines[-1] if lines else type(e).__name__)[:200]
 
 
 def _first_line(e: Exception) -> str:
