@@ -1,0 +1,6 @@
+# Sourced by scripts/demo.sh and tests/run: make (or reuse) the project's venv and set $PY.
+VENV="${SCG_VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PY="$VENV/bin/python"
+"$PY" -c 'import torch, torchvision' 2>/dev/null || "$PY" -m pip install -q torch==2.14.1 torchvision==0.29.1
+"$PY" -m pip install -q -r requirements.txt ${SCG_DEV:+-r requirements-dev.txt}
