@@ -1,0 +1,226 @@
+"""What each module of an autoencoder encodes, measured from its kernel; groups derived from it.
+
+Pure PyTorch. Used by ``python -m train.analyze`` and by the trainer to name the groups of a
+model it trained (the authors chose theirs by eye for one checkpoint).
+
+Measures, per module (``vector_length`` channels):
+
+* colour: the kernel as weights on RGB input in [0, 1] (``W / std``), split per pixel into
+  luminance (1,1,1)/√3 and the two colour-opponent axes (1,−1,0)/√2, (1,1,−2)/√6; the
+  *chroma fraction* is the opponent share of the energy (0: pure luminance, 1: pure colour);
+* drifting gratings: F1 response amplitude of every channel to sinusoidal gratings
+  (luminance, red–green and blue–yellow) at ``n_orient`` orientations × ``n_sf`` spatial
+  frequencies × 8 phases, at the centre of a receptive field (exactly the encoder's output
+  for that cell, activation included). Each channel is read in its strongest colour
+  direction, at its preferred spatial frequency;
+* orientation selectivity index per channel, ``OSI = (R_pref − R_orth)/(R_pref + R_orth)``,
+  and its global form ``gOSI = |Σ R(φ)e^{2iφ}| / Σ R(φ)``; a module's OSI is the mean over
+  its channels;
+* preferred spatial frequency (cycles/pixel) of the module (its channels' summed tuning).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .autoencoder import ModularAutoencoder
+
+#: colour axes on RGB: luminance, red–green, blue–yellow (orthonormal)
+COLOUR_AXES = {"lum": (1 / math.sqrt(3),) * 3, "rg": (1 / math.sqrt(2), -1 / math.sqrt(2), 0.0),
+               "by": (1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6))}
+#: thresholds used to name module types
+COLOUR_MIN_CHROMA = 0.5   # chroma fraction at or above: colour(-opponent) module
+LUMINANCE_MAX_CHROMA = 0.2  # at or below: luminance module
+ORIENTED_MIN_OSI = 0.5    # module OSI at or above: oriented module
+
+
+@dataclass
+class ModuleTuning:
+    module: int
+    chroma: float          # colour-opponent share of the kernel energy, 0..1
+    energy: float          # kernel energy (RGB weights), for reference
+    osi: float             # mean channel OSI (pref − orth)/(pref + orth)
+    osi_channels: list     # per channel
+    gosi: float            # mean channel global OSI (1 − circular variance)
+    pref_orientation: list  # per channel, degrees in [0, 180)
+    pref_sf: float         # cycles/pixel
+    dc: float              # response to a uniform luminance step, relative to the peak grating response
+    colour_dir: list       # per channel: lum / rg / by, the grating colour it answers most
+    kind: str              # colour / oriented / luminance / mixed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rgb_kernels(ae: ModularAutoencoder) -> torch.Tensor:
+    """Composite kernel as weights on RGB input in [0, 1] (C×3×K×K, float32, CPU)."""
+    with torch.no_grad():
+        return ae.kernel().detach().float().cpu() / ae.std.detach().float().cpu().view(1, 3, 1, 1)
+
+
+def colour_energy(ae: ModularAutoencoder) -> torch.Tensor:
+    """Per module energy on (luminance, red–green, blue–yellow): n_vector×3."""
+    k = rgb_kernels(ae)
+    axes = torch.tensor([COLOUR_AXES[a] for a in ("lum", "rg", "by")])      # 3 axes × 3 RGB
+    proj = torch.einsum("ar,crhw->cahw", axes, k)
+    e = proj.pow(2).sum((-2, -1))                                            # C×3
+    return e.view(ae.n_vector, ae.vector_length, 3).sum(1)
+
+
+def sf_grid(n_sf: int = 12, lo: float = 1 / 48, hi: float = 0.4) -> torch.Tensor:
+    return torch.logspace(math.log10(lo), math.log10(hi), n_sf)
+
+
+@torch.no_grad()
+def grating_responses(ae: ModularAutoencoder, n_orient: int = 16, n_sf: int = 12, n_phase: int = 8,
+                      contrast: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """F1 amplitudes of every channel: C × 3 colour directions × n_orient × n_sf.
+
+    Gratings ``0.5 + contrast·cos(2π·sf·(x cos φ + y sin φ) + phase)·axis`` in RGB [0, 1]
+    over one receptive field, normalised as the model does; the response is the kernel's
+    dot product with it (the encoder's output at a cell whose field sees it) then the
+    activation. Returns (responses, orientations in radians, spatial frequencies c/px).
+    """
+    w = ae.kernel().detach().float().cpu()
+    K = w.shape[-1]
+    ori = torch.arange(n_orient) * math.pi / n_orient
+    sfs = sf_grid(n_sf)
+    ph = torch.arange(n_phase) * 2 * math.pi / n_phase
+    c = torch.arange(K, dtype=torch.float32) - (K - 1) / 2
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    proj = xx[None] * ori.cos()[:, None, None] + yy[None] * ori.sin()[:, None, None]   # O×K×K
+    arg = 2 * math.pi * sfs[None, :, None, None, None] * proj[:, None, None] + ph[None, None, :, None, None]
+    wave = arg.cos()                                                                    # O×F×P×K×K
+    mean = ae.mean.detach().float().cpu().view(3)
+    std = ae.std.detach().float().cpu().view(3)
+    out = []
+    for a in ("lum", "rg", "by"):
+        axis = torch.tensor(COLOUR_AXES[a]) * math.sqrt(3)   # equal norm on every axis; lum = (1, 1, 1)
+        img = 0.5 + contrast * wave[..., None, :, :] * axis.view(3, 1, 1)              # O×F×P×3×K×K
+        x = (img - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+        resp = torch.einsum("ofprhw,crhw->cofp", x, w)
+        resp = ae.activate(resp)
+        f1 = (resp * torch.exp(-1j * ph)).sum(-1).abs() * 2 / n_phase                  # C×O×F
+        out.append(f1)
+    return torch.stack(out, 1), ori, sfs
+
+
+def _osi(curve: torch.Tensor, ori: torch.Tensor) -> tuple[float, float, float]:
+    """(OSI, gOSI, preferred orientation in degrees) of one orientation tuning curve."""
+    n = curve.numel()
+    i = int(curve.argmax())
+    pref, orth = float(curve[i]), float(curve[(i + n // 2) % n])
+    osi = (pref - orth) / (pref + orth) if pref + orth > 0 else 0.0
+    z = (curve * torch.exp(2j * ori)).sum()
+    gosi = float(z.abs() / curve.sum()) if float(curve.sum()) > 0 else 0.0
+    return osi, gosi, math.degrees(float(ori[i]))
+
+
+@torch.no_grad()
+def module_tuning(ae: ModularAutoencoder, n_orient: int = 16, n_sf: int = 12) -> list[ModuleTuning]:
+    """Colour, orientation and spatial-frequency tuning of every module."""
+    R, ori, sfs = grating_responses(ae, n_orient, n_sf)        # C×3×O×F
+    ce = colour_energy(ae)                                      # nv×3
+    k = rgb_kernels(ae)
+    dc_resp = ae.activate(k.sum((1, 2, 3)).abs())               # response to +1 on all RGB pixels
+    vl = ae.vector_length
+    out = []
+    for i in range(ae.n_vector):
+        osis, gosis, prefs, dirs = [], [], [], []
+        peak_mod = 0.0
+        for ch in range(i * vl, (i + 1) * vl):
+            r = R[ch]                                           # 3×O×F
+            best = r.amax((1, 2))
+            a = int(best.argmax())
+            f = int(r[a].amax(0).argmax())
+            o, g, p = _osi(r[a, :, f], ori)
+            osis.append(o), gosis.append(g), prefs.append(round(p, 1)), dirs.append(("lum", "rg", "by")[a])
+            peak_mod = max(peak_mod, float(best.max()))
+        sf_curve = R[i * vl:(i + 1) * vl].amax(2).amax(1).sum(0)   # F
+        e = ce[i]
+        chroma = float((e[1] + e[2]) / e.sum()) if float(e.sum()) > 0 else 0.0
+        osi = sum(osis) / len(osis)
+        dc = float(dc_resp[i * vl:(i + 1) * vl].max()) * 0.25 / max(peak_mod, 1e-12)
+        kind = ("colour" if chroma >= COLOUR_MIN_CHROMA else
+                "oriented" if osi >= ORIENTED_MIN_OSI else
+                "luminance" if chroma <= LUMINANCE_MAX_CHROMA else "mixed")
+        out.append(ModuleTuning(i, chroma, float(k[i * vl:(i + 1) * vl].pow(2).sum()), osi,
+                                [round(v, 3) for v in osis], sum(gosis) / len(gosis), prefs,
+                                float(sfs[int(sf_curve.argmax())]), dc, dirs, kind))
+    return out
+
+
+def summary(tunings: list[ModuleTuning]) -> dict:
+    """Counts against the paper's claim: colour, luminance and oriented modules."""
+    return {
+        "colour_modules": sum(t.chroma >= COLOUR_MIN_CHROMA for t in tunings),
+        "luminance_modules": sum(t.chroma <= LUMINANCE_MAX_CHROMA for t in tunings),
+        "oriented_modules": sum(t.osi >= ORIENTED_MIN_OSI for t in tunings),
+        "mean_osi": sum(t.osi for t in tunings) / len(tunings),
+        "kinds": {k: sum(t.kind == k for t in tunings) for k in ("colour", "oriented", "luminance", "mixed")},
+    }
+
+
+def derive_groups(ae: ModularAutoencoder, tunings: list[ModuleTuning] | None = None) -> list[dict]:
+    """Named groups for a trained model, in the authors' order and meaning (HC0 … HC5).
+
+    * HC0 colour: modules with chroma fraction ≥ 0.5 (at least the most chromatic one);
+    * the rest, the achromatic modules, split by preferred spatial frequency and orientation:
+      HC1 brightness: the non-oriented ones at the lowest frequencies (at least one);
+      HC2 edges: oriented modules at mid frequencies; HC3 the single most oriented module
+      (sketches, line art); HC4 high and HC5 the highest spatial frequencies.
+    HC0–HC5 partition the modules, as the authors' do (HC2 may be empty, then it equals HC3);
+    two aliases follow: ``colour`` (= HC0) and ``structure`` (everything but colour).
+    Every description records the measure that placed the module there.
+    """
+    t = tunings or module_tuning(ae)
+    nv = ae.n_vector
+    colour = [m.module for m in t if m.chroma >= COLOUR_MIN_CHROMA]
+    if not colour:
+        colour = [max(t, key=lambda m: m.chroma).module]
+    rest = sorted((m for m in t if m.module not in colour), key=lambda m: (m.pref_sf, -m.osi))
+    groups: dict[str, list[int]] = {k: [] for k in ("HC0", "HC1", "HC2", "HC3", "HC4", "HC5")}
+    groups["HC0"] = sorted(colour)
+    if rest:
+        sfs = sorted(m.pref_sf for m in rest)
+        hi_cut = sfs[min(len(sfs) - 1, (2 * len(sfs)) // 3)]  # the upper third is "high frequency"
+        low = [m for m in rest if m.osi < ORIENTED_MIN_OSI and m.pref_sf < hi_cut]
+        if not low:
+            low = [rest[0]]
+        groups["HC1"] = [m.module for m in low]
+        left = [m for m in rest if m.module not in groups["HC1"]]
+        high = [m for m in left if m.pref_sf >= hi_cut and m.osi < ORIENTED_MIN_OSI]
+        edges = [m for m in left if m not in high]
+        if not edges and high:
+            edges = [max(high, key=lambda m: m.osi)]
+            high = [m for m in high if m is not edges[0]]
+        if edges:
+            best = max(edges, key=lambda m: m.osi)
+            groups["HC3"] = [best.module]
+            groups["HC2"] = [m.module for m in edges if m is not best]
+        if high:
+            high.sort(key=lambda m: m.pref_sf)
+            cut = max(1, len(high) // 2) if len(high) > 1 else len(high)
+            groups["HC4"] = [m.module for m in high[:cut]]
+            groups["HC5"] = [m.module for m in high[cut:]]
+    by_mod = {m.module: m for m in t}
+
+    def desc(what: str, mods: list[int]) -> str:
+        stats = "; ".join(f"{i}: chroma {by_mod[i].chroma:.2f}, OSI {by_mod[i].osi:.2f}, "
+                          f"{by_mod[i].pref_sf:.3f} c/px" for i in mods)
+        return f"{what} (derived: {stats})"
+
+    whats = {"HC0": "colour: colour-opponent modules", "HC1": "brightness: low-frequency luminance modules",
+             "HC2": "edges: oriented luminance modules", "HC3": "edges: the most orientation-selective module",
+             "HC4": "high spatial frequency", "HC5": "highest spatial frequency"}
+    if not groups["HC2"] and groups["HC3"]:
+        groups["HC2"] = list(groups["HC3"])
+    out = [{"name": k, "modules": sorted(v), "description": desc(whats[k], sorted(v))}
+           for k, v in groups.items() if v]
+    structure = sorted(set(range(nv)) - set(groups["HC0"]))
+    out.append({"name": "colour", "modules": groups["HC0"], "description": "alias of HC0"})
+    if structure:
+        out.append({"name": "structure", "modules": structure, "description": "every module but the colour ones"})
+    return out
