@@ -1,0 +1,282 @@
+"""Training data for the ControlNet trainer: images, captions, the step-exact sample order and
+the on-disk cache of latents and text embeddings (``--precompute``).
+
+Layout a user brings (``--data DIR``): image files anywhere under DIR, each optionally with a
+same-named ``.txt`` caption next to it (``cat.jpg`` + ``cat.txt``: the LoRA-set convention),
+or a COCO-style captions JSON (``--captions captions_train2017.json``: ``images[].file_name``
+relative to DIR, ``annotations[].caption``; the first caption of an image is used, as the
+authors did). An image without a caption trains with the empty prompt. Files that cannot be
+read as images are skipped and counted (at the scan, and again if decoding fails later).
+
+Images are prepared exactly as ComfyUI's ``LoadImage`` plus SCG's ``fit`` prepare a hint image at
+inference: EXIF rotation, RGB (alpha dropped), float in [0, 1], centre crop to a square, then
+an antialiased resize to the training resolution.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scg_models.errors import SCGError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+CACHE_VERSION = 1
+
+
+@dataclass
+class ImageIndex:
+    """The images found under ``root`` (sorted relative paths), their captions, and what was skipped."""
+
+    root: Path
+    paths: list[str]
+    captions: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)  # relative path → reason
+    caption_source: str = "none"
+    captioned: int = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def fingerprint(self) -> str:
+        """Changes when the image list or a caption changes (resume and cache checks)."""
+        h = hashlib.sha256()
+        for p, c in zip(self.paths, self.captions):
+            h.update(p.encode() + b"\0" + c.encode() + b"\n")
+        return h.hexdigest()[:16]
+
+
+def _coco_captions(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        files = {img["id"]: img["file_name"] for img in data["images"]}
+        out: dict[str, str] = {}
+        for ann in data["annotations"]:
+            name = files.get(ann["image_id"])
+            if name is not None and name not in out and str(ann.get("caption", "")).strip():
+                out[name] = " ".join(str(ann["caption"]).split())
+        return out
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SCGError(f"--captions: {path} is not a COCO-style captions JSON "
+                       f"(images[].id/file_name, annotations[].image_id/caption): {e}") from None
+
+
+def _check_header(path: Path) -> str | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+        if w < 1 or h < 1:
+            return "empty image"
+        return None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        return f"not a readable image ({type(e).__name__}: {e})"
+
+
+def scan(root, captions_json=None, check: bool = True, threads: int = 8) -> ImageIndex:
+    """Find the images under ``root`` and their captions; with ``check``, open every file's header
+    and skip (and count) the ones that are not readable images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SCGError(f"--data: {root} is not a folder of images")
+    paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    skipped: dict[str, str] = {}
+    if check and paths:
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for rel, err in zip(paths, pool.map(_check_header, (root / p for p in paths))):
+                if err:
+                    skipped[rel] = err
+        paths = [p for p in paths if p not in skipped]
+    if captions_json:
+        coco = _coco_captions(Path(captions_json))
+        caps = [coco.get(p, coco.get(Path(p).name, "")) for p in paths]
+        source = f"COCO JSON {Path(captions_json).name}"
+    else:
+        caps = []
+        for p in paths:
+            txt = (root / p).with_suffix(".txt")
+            try:
+                caps.append(" ".join(txt.read_text(encoding="utf-8", errors="replace").split()) if txt.is_file()
+                            else "")
+            except OSError:
+                caps.append("")
+        source = "same-named .txt files"
+    if not paths:
+        raise SCGError(f"--data: no readable images under {root} (looked for {', '.join(sorted(IMAGE_EXTS))}"
+                       + (f"; {len(skipped)} unreadable" if skipped else "") + ")")
+    return ImageIndex(root, paths, caps, skipped, source, sum(1 for c in caps if c))
+
+
+def load_image(path, resolution: int) -> torch.Tensor:
+    """One image file → 3×R×R float32 in [0, 1], prepared as at inference (see the module doc)."""
+    from PIL import Image, ImageOps
+
+    from scg_models.imaging import fit
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode == "I":  # 16-bit greyscale, scaled as ComfyUI's LoadImage does
+            im = im.point(lambda v: v * (1 / 255))
+        arr = np.array(im.convert("RGB"), dtype=np.uint8)
+    x = torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+    return fit(x[None], resolution, resolution)[0].contiguous()
+
+
+# --- the sample order: a pure function of (seed, position) ---------------------------------
+class StepOrder:
+    """Which training image each sample position uses: an endless stream of per-epoch
+    permutations of ``n`` images, seeded. Position ``p`` of micro-batch ``k`` on rank ``r`` is
+    ``k·B·W + r·B + j``, so one process with batch B·W sees exactly the samples of W processes
+    with batch B, and a resumed run continues the same stream."""
+
+    def __init__(self, n: int, seed: int):
+        if n < 1:
+            raise SCGError("no training images left (all skipped or held out)")
+        self.n, self.seed, self._perm = n, int(seed), {}
+
+    def item(self, position: int) -> int:
+        epoch, i = divmod(int(position), self.n)
+        if epoch not in self._perm:
+            if len(self._perm) > 4:
+                self._perm.clear()
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm[epoch] = torch.randperm(self.n, generator=g).tolist()
+        return self._perm[epoch][i]
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Micro-batches ``start .. stop-1`` of this rank as lists of ``(position, index)``."""
+
+    def __init__(self, order: StepOrder, batch: int, world: int, rank: int, start: int, stop: int):
+        self.order, self.batch, self.world, self.rank = order, batch, world, rank
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        for k in range(self.start, self.stop):
+            base = (k * self.world + self.rank) * self.batch
+            yield [(p, self.order.item(p)) for p in range(base, base + self.batch)]
+
+
+# --- the cache of latents and text embeddings ---------------------------------------------
+class LatentCache:
+    """``latents.npy`` (N×4×h×w fp16, one row per image of the index), ``text.npy`` (U×77×C fp16,
+    one row per distinct caption; row 0 is the empty prompt), ``text_row.npy`` (N int32),
+    ``ok.npy`` (N uint8: 0 = the image could not be decoded), ``meta.json`` (written last: the
+    cache is complete only when it exists)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self._arrays: dict[str, np.ndarray] = {}
+
+    # reading (also inside DataLoader workers: memmaps open lazily, per process)
+    def _array(self, name: str, mode: str = "r") -> np.ndarray:
+        key = name + mode
+        if key not in self._arrays:
+            self._arrays[key] = np.load(self.folder / f"{name}.npy", mmap_mode=mode)
+        return self._arrays[key]
+
+    def __getstate__(self):
+        return {"folder": self.folder, "_arrays": {}}
+
+    def meta(self) -> dict | None:
+        try:
+            return json.loads((self.folder / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def latent(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self._array("latents")[i], dtype=np.float32))
+
+    def text(self, row: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self._array("text")[row], dtype=np.float32))
+
+    def text_row(self, i: int) -> int:
+        return int(self._array("text_row")[i])
+
+    def ok(self) -> np.ndarray:
+        return np.array(self._array("ok"))
+
+    # writing
+    def create(self, n: int, latent_shape: tuple, n_text: int, text_shape: tuple) -> None:
+        from numpy.lib.format import open_memmap
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "meta.json").unlink(missing_ok=True)
+        open_memmap(self.folder / "latents.npy", "w+", np.float16, (n, *latent_shape)).flush()
+        open_memmap(self.folder / "text.npy", "w+", np.float16, (n_text, *text_shape)).flush()
+        open_memmap(self.folder / "text_row.npy", "w+", np.int32, (n,)).flush()
+        open_memmap(self.folder / "ok.npy", "w+", np.uint8, (n,)).flush()
+
+    def write(self, name: str, rows, values) -> None:
+        arr = self._array(name, "r+")
+        arr[rows] = values
+        arr.flush()
+
+    def finish(self, meta: dict) -> None:
+        self._arrays.clear()
+        tmp = self.folder / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, self.folder / "meta.json")
+
+
+# --- the torch Dataset ---------------------------------------------------------------------
+class TrainSet(torch.utils.data.Dataset):
+    """Samples ``(position, i)`` → dict with the image (3×R×R), caption, cache rows.
+
+    ``usable`` maps the order's indices to image ids. An image that fails to decode is replaced
+    by the next usable one (deterministically, so resumed runs match) and reported in
+    ``skipped`` for counting.
+    """
+
+    def __init__(self, index: ImageIndex, usable: list[int], resolution: int, cache: LatentCache | None = None):
+        self.index, self.usable, self.resolution, self.cache = index, list(usable), int(resolution), cache
+
+    def __len__(self) -> int:
+        return len(self.usable)
+
+    def __getitem__(self, key):
+        position, i = key
+        skipped = []
+        for attempt in range(min(len(self.usable), 16)):
+            item = self.usable[(i + attempt) % len(self.usable)]
+            rel = self.index.paths[item]
+            try:
+                image = load_image(self.index.root / rel, self.resolution)
+            except Exception as e:  # corrupt data: skip, count, carry on
+                skipped.append((rel, f"{type(e).__name__}: {e}"))
+                continue
+            out = {"position": position, "item": item, "image": image, "caption": self.index.captions[item],
+                   "skipped": skipped}
+            if self.cache is not None:
+                out["latent"] = self.cache.latent(item)
+                out["text"] = self.cache.text(self.cache.text_row(item))
+            return out
+        raise SCGError(f"--data: {len(skipped)} images in a row could not be decoded (last: {skipped[-1][0]}: "
+                       f"{skipped[-1][1]})")
+
+
+def collate(samples: list[dict]) -> dict:
+    out = {"position": torch.tensor([s["position"] for s in samples]),
+           "item": torch.tensor([s["item"] for s in samples]),
+           "image": torch.stack([s["image"] for s in samples]),
+           "caption": [s["caption"] for s in samples],
+           "skipped": [x for s in samples for x in s["skipped"]]}
+    if "latent" in samples[0]:
+        out["latent"] = torch.stack([s["latent"] for s in samples])
+        out["text"] = torch.stack([s["text"] for s in samples])
+    return out
+
+
+__all__ = ["CACHE_VERSION", "IMAGE_EXTS", "ImageIndex", "LatentCache", "StepBatches", "StepOrder", "TrainSet",
+           "collate", "load_image", "scan"]

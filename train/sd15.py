@@ -1,0 +1,506 @@
+"""SD1.5 through ComfyUI's own code, for the ControlNet trainer (``python -m train.controlnet``).
+
+Everything that touches ComfyUI lives here: finding and importing the checkout, loading the
+base checkpoint with ComfyUI's loaders (and refusing anything that is not SD1.5), building the
+trainable ControlNet with ComfyUI's ``comfy.cldm.cldm.ControlNet`` class, encoding images and
+captions with the base's VAE and CLIP, the training forward pass, and sampling with ComfyUI's
+own sampler for the progress sheets.
+
+Testing hook. ComfyUI's checkpoint detection only accepts the real SD1.5 widths (320 UNet
+channels, 768 context), so tiny CPU-test models cannot go through ``load_checkpoint``. A
+``.safetensors`` whose metadata holds :data:`SPEC_KEY` (a JSON *spec*: UNet config, CLIP text
+config, VAE kind) is built from that spec with the same ComfyUI classes (``SD15`` model config,
+``BaseModel``, ``SD1ClipModel``, ``VAE``) and loaded from the file's tensors, which use the
+usual checkpoint prefixes. :func:`save_spec_checkpoint` writes such a file. Real checkpoints
+never carry that key, so they always take ComfyUI's own loader.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from scg_models.errors import SCGError
+
+log = logging.getLogger("scg.train")
+
+SPEC_KEY = "scg_sd15_spec"
+
+#: SD1.5's UNet as ComfyUI detects it from v1-5-pruned-emaonly (``model_detection``).
+SD15_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4],
+    "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_resblock": False,
+    "use_temporal_attention": False,
+}
+#: SD1.5's VAE (AutoencoderKL, 8× down, 4 latent channels).
+SD15_VAE = {"kind": "kl", "embed_dim": 4, "ddconfig": {
+    "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+    "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}}
+#: The full SD1.5 architecture as a spec (random weights: the benchmark).
+SD15_SPEC = {"arch": "sd15", "unet": SD15_UNET, "clip": None, "vae": SD15_VAE}
+
+
+class NotSD15Error(SCGError):
+    """The base model is not Stable Diffusion 1.5."""
+
+
+# --- the ComfyUI checkout ----------------------------------------------------------------
+def find_comfyui(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The ComfyUI checkout: ``explicit``, $COMFYUI_PATH, the ComfyUI holding this repository in
+    ``custom_nodes/``, ``~/comfy/ComfyUI`` (the order the host tests use)."""
+    here = Path(__file__).resolve().parents[1]
+    candidates = [explicit, os.environ.get("COMFYUI_PATH")]
+    if here.parent.name == "custom_nodes":
+        candidates.append(here.parent.parent)
+    candidates.append(Path.home() / "comfy" / "ComfyUI")
+    for c in candidates:
+        if c and (Path(c) / "comfy" / "model_management.py").is_file() and (Path(c) / "nodes.py").is_file():
+            return Path(c).resolve()
+    if explicit:
+        raise SCGError(f"--comfyui: {explicit} is not a ComfyUI checkout (no comfy/model_management.py)")
+    return None
+
+
+def import_comfy(explicit=None, cpu: bool = False) -> Path:
+    """Put ComfyUI on ``sys.path`` and import its model code (once per process).
+
+    ``cpu`` (or no CUDA) sets ComfyUI's ``--cpu`` before ``comfy.model_management`` is imported.
+    Under ``torchrun`` call ``torch.cuda.set_device(local_rank)`` first: ComfyUI picks the
+    current CUDA device when it is imported. Returns the checkout's path.
+    """
+    if "comfy.model_management" in sys.modules:
+        return Path(sys.modules["comfy"].__path__[0]).parent
+    host = find_comfyui(explicit)
+    if host is None:
+        raise SCGError("no ComfyUI checkout found: pass --comfyui PATH or set $COMFYUI_PATH (also searched: the "
+                       "ComfyUI holding this folder in custom_nodes/, ~/comfy/ComfyUI)")
+    if str(host) not in sys.path:
+        sys.path.append(str(host))  # appended: our own top-level packages (nodes, tests) keep their names
+    from comfy.cli_args import args
+
+    if cpu or not torch.cuda.is_available():
+        args.cpu = True
+    root = logging.getLogger()
+    level = root.level
+    if not os.environ.get("SCG_VERBOSE"):
+        root.setLevel(logging.ERROR)  # ComfyUI's import-time notes (optional packages it lacks)
+    try:
+        import comfy.model_management  # noqa: F401  (reads args.cpu at import)
+        import comfy.sd  # noqa: F401
+        import comfy.cldm.cldm  # noqa: F401
+        import comfy.controlnet  # noqa: F401
+        import comfy.sample  # noqa: F401
+    finally:
+        root.setLevel(level)
+    return host
+
+
+# --- SD1.5 or not ------------------------------------------------------------------------
+def _describe(unet_config: dict | None) -> str:
+    if not unet_config:
+        return "no recognisable UNet"
+    keys = ("model_channels", "context_dim", "in_channels", "adm_in_channels", "use_linear_in_transformer")
+    return ", ".join(f"{k} {unet_config.get(k)}" for k in keys)
+
+
+def check_sd15_state_dict(sd: dict, source: str):
+    """ComfyUI's detection of a checkpoint state dict; raise :class:`NotSD15Error` unless SD1.5.
+
+    Works on tensors of any device, ``meta`` included (only shapes are read). Returns the
+    model config ComfyUI detected.
+    """
+    import comfy.model_detection
+    import comfy.supported_models
+
+    prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
+    unet_config = comfy.model_detection.detect_unet_config(sd, prefix)
+    model_config = comfy.model_detection.model_config_from_unet(sd, prefix) if unet_config else None
+    if model_config is None or type(model_config) is not comfy.supported_models.SD15:
+        found = type(model_config).__name__ if model_config is not None else "a model ComfyUI does not recognise"
+        raise NotSD15Error(f"--base: {source} is not a Stable Diffusion 1.5 checkpoint: ComfyUI detects {found} "
+                           f"({_describe(unet_config)}). SCG ControlNets are trained on SD1.5 "
+                           f"(e.g. v1-5-pruned-emaonly.safetensors); SDXL, SD2.x, SD3, Flux and SD1.5 variants "
+                           f"such as inpainting or instruct-pix2pix are refused.")
+    return model_config
+
+
+def check_sd15_model(model, source: str) -> None:
+    """The loaded ``BaseModel`` is SD1.5-shaped and predicts epsilon (what the objective assumes)."""
+    import comfy.latent_formats
+    import comfy.model_base
+
+    c = model.model_config.unet_config
+    problems = []
+    if model.model_type != comfy.model_base.ModelType.EPS:
+        problems.append(f"predicts {model.model_type.name}, not epsilon")
+    if c.get("in_channels") != 4 or c.get("out_channels", 4) != 4:
+        problems.append(f"in/out channels {c.get('in_channels')}/{c.get('out_channels')} (inpainting-style?)")
+    if c.get("adm_in_channels") is not None or c.get("use_linear_in_transformer"):
+        problems.append("has SDXL/SD2-style features (adm_in_channels or linear transformer projections)")
+    if c.get("use_temporal_attention") or c.get("use_temporal_resblock"):
+        problems.append("is a video model")
+    if not isinstance(model.latent_format, comfy.latent_formats.SD15):
+        problems.append(f"uses the {type(model.latent_format).__name__} latent space")
+    if problems:
+        raise NotSD15Error(f"--base: {source} is not a Stable Diffusion 1.5 model: it " + "; it ".join(problems))
+
+
+# --- building SD1.5-architecture models (tests, benchmark, spec checkpoints) ---------------
+def init_weights(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """PyTorch's default initialisation for every layer (ComfyUI's layers skip it), seeded."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in module.modules():
+            for cls in type(m).__mro__:
+                if cls.__module__.startswith("torch.nn.modules") and "reset_parameters" in cls.__dict__:
+                    cls.reset_parameters(m)
+                    break
+    return module
+
+
+def _tiny_clip_target(text_config: dict):
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    model = functools.partial(comfy.sd1_clip.SDClipModel, textmodel_json_config=dict(text_config),
+                              return_projected_pooled=False)
+    return comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer,
+                                                  functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=model))
+
+
+def _spec_model_config(spec: dict, source: str):
+    import comfy.supported_models
+
+    if spec.get("arch") != "sd15":
+        raise NotSD15Error(f"--base: {source} declares architecture {spec.get('arch')!r}, not 'sd15'; SCG "
+                           "ControlNets are trained on Stable Diffusion 1.5 only")
+    unet = dict(spec["unet"])
+    for k, v in comfy.supported_models.SD15.unet_config.items():
+        if k not in ("model_channels", "context_dim") and unet.get(k) != v:
+            raise NotSD15Error(f"--base: {source}: UNet setting {k}={unet.get(k)!r} is not SD1.5's ({v!r})")
+    return comfy.supported_models.SD15(unet)
+
+
+@dataclasses.dataclass
+class Base:
+    """The frozen SD1.5 base: ComfyUI's objects, as its loaders return them."""
+
+    patcher: object  # comfy.model_patcher.ModelPatcher around ``model`` (for ComfyUI's sampler)
+    clip: object  # comfy.sd.CLIP
+    vae: object  # comfy.sd.VAE
+    source: str
+    spec: dict | None = None  # set for spec checkpoints (tests, benchmark)
+
+    @property
+    def model(self):
+        """comfy.model_base.BaseModel (``.diffusion_model``, ``.model_sampling``, ``.latent_format``)."""
+        return self.patcher.model
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.patcher.model.diffusion_model
+
+    @property
+    def unet_config(self) -> dict:
+        return self.patcher.model.model_config.unet_config
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.unet_config["context_dim"])
+
+    @property
+    def latent_factor(self) -> int:
+        """Image pixels per latent cell (8) times the UNet's own downsampling."""
+        return 8 * 2 ** (len(self.unet_config["channel_mult"]) - 1)
+
+
+def _finish(model_config, sd: dict, prefix: str, unet_dtype, clip_target, vae_sd: dict, vae_config, source, spec):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sd
+
+    model_config.set_inference_dtype(unet_dtype, None)
+    model = model_config.get_model(sd, prefix, device=mm.unet_offload_device())
+    model.load_model_weights(sd, prefix)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    clip_sd = model_config.process_clip_state_dict(sd)
+    clip = comfy.sd.CLIP(clip_target, state_dict=clip_sd, parameters=sum(v.numel() for v in clip_sd.values()))
+    vae = comfy.sd.VAE(sd=vae_sd, config=vae_config)
+    return Base(patcher, clip, vae, source, spec)
+
+
+def build_from_spec(spec: dict, state_dict: dict | None = None, seed: int = 0, unet_dtype=torch.float32,
+                    source: str = "spec") -> Base:
+    """SD1.5-architecture UNet, CLIP and VAE from a spec, with ComfyUI's classes.
+
+    ``state_dict`` uses checkpoint prefixes (``model.diffusion_model.``, ``cond_stage_model.``,
+    ``first_stage_model.``); without it every weight is randomly initialised from ``seed``.
+    """
+    import comfy.ldm.models.autoencoder
+    import comfy.taesd.taesd
+
+    model_config = _spec_model_config(spec, source)
+    clip_target = (_tiny_clip_target(spec["clip"]) if spec.get("clip") else model_config.clip_target())
+    vae_spec = spec.get("vae") or {"kind": "taesd"}
+    vae_config = None
+    if vae_spec["kind"] == "kl":
+        vae_config = {"params": {"embed_dim": vae_spec["embed_dim"], "ddconfig": vae_spec["ddconfig"]}}
+    elif vae_spec["kind"] != "taesd":
+        raise SCGError(f"--base: {source}: unknown VAE kind {vae_spec['kind']!r} (taesd or kl)")
+    if state_dict is None:
+        # make every weight once, randomly, in the layout a checkpoint file has
+        mc = _spec_model_config(spec, source)
+        mc.set_inference_dtype(torch.float32, None)
+        unet = init_weights(mc.get_model({}, "").diffusion_model, seed)
+        state_dict = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+        if vae_spec["kind"] == "kl":
+            vae_module = comfy.ldm.models.autoencoder.AutoencoderKL(**vae_config["params"])
+        else:
+            vae_module = comfy.taesd.taesd.TAESD(latent_channels=4)
+        init_weights(vae_module, seed + 1)
+        state_dict.update({"first_stage_model." + k: v for k, v in vae_module.state_dict().items()})
+        import comfy.sd
+
+        clip = comfy.sd.CLIP(clip_target, parameters=1)
+        init_weights(clip.cond_stage_model, seed + 2)
+        for k, v in clip.cond_stage_model.state_dict().items():
+            state_dict["cond_stage_model." + k.split(".", 1)[1]] = v  # clip_l.transformer... → checkpoint layout
+        del unet, vae_module, clip
+    sd = dict(state_dict)
+    vae_sd = {k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")}
+    return _finish(model_config, sd, "model.diffusion_model.", unet_dtype, clip_target, vae_sd, vae_config,
+                   source, spec)
+
+
+def save_spec_checkpoint(base: Base, path) -> None:
+    """Write a spec-built base as one ``.safetensors`` checkpoint (:data:`SPEC_KEY` in metadata)."""
+    from safetensors.torch import save_file
+
+    if base.spec is None:
+        raise SCGError("save_spec_checkpoint: this base was not built from a spec")
+    sd = {"model.diffusion_model." + k: v for k, v in base.unet.state_dict().items()}
+    sd.update({"first_stage_model." + k: v for k, v in base.vae.first_stage_model.state_dict().items()})
+    for k, v in base.clip.cond_stage_model.state_dict().items():
+        sd["cond_stage_model." + k.split(".", 1)[1]] = v
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in sd.items()}, os.fspath(path),
+              metadata={SPEC_KEY: json.dumps(base.spec), "note": "SCG trainer test/benchmark base (not a real model)"})
+
+
+def _metadata(path: str) -> dict:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception:  # not a safetensors file: ComfyUI's loader decides
+        return {}
+
+
+def load_base(path, unet_dtype=torch.float32) -> Base:
+    """The SD1.5 base (UNet, CLIP, VAE) from one checkpoint file, through ComfyUI's loaders.
+
+    Refuses anything that is not SD1.5 with :class:`NotSD15Error` before building models.
+    ``unet_dtype`` is the frozen UNet's weight dtype (fp32, or bf16 for bf16 training).
+    """
+    import comfy.sd
+    import comfy.utils
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise SCGError(f"--base: {path} not found (an SD1.5 checkpoint such as v1-5-pruned-emaonly.safetensors)")
+    meta = _metadata(path) if path.endswith((".safetensors", ".sft")) else {}
+    if SPEC_KEY in meta:
+        spec = json.loads(meta[SPEC_KEY])
+        _spec_model_config(spec, path)  # refuse a non-SD1.5 spec before reading tensors
+        sd = comfy.utils.load_torch_file(path, safe_load=True)
+        return build_from_spec(spec, sd, unet_dtype=unet_dtype, source=path)
+    sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+    check_sd15_state_dict(sd, path)
+    out = comfy.sd.load_state_dict_guess_config(sd, output_vae=True, output_clip=True, embedding_directory=None,
+                                                model_options={"dtype": unet_dtype}, metadata=metadata)
+    if out is None:
+        raise NotSD15Error(f"--base: ComfyUI could not load {path} as a checkpoint")
+    patcher, clip, vae = out[:3]
+    if clip is None:
+        raise SCGError(f"--base: {path} has no text encoder; use a full SD1.5 checkpoint (UNet, CLIP and VAE)")
+    if vae is None or getattr(vae, "first_stage_model", None) is None:
+        raise SCGError(f"--base: {path} has no VAE; use a full SD1.5 checkpoint (UNet, CLIP and VAE)")
+    check_sd15_model(patcher.model, path)
+    return Base(patcher, clip, vae, path)
+
+
+# --- the ControlNet ----------------------------------------------------------------------
+def controlnet_config(unet_config: dict, device=None, dtype=torch.float32) -> dict:
+    """``comfy.cldm.cldm.ControlNet`` kwargs for a base UNet config (as ComfyUI's loader builds it)."""
+    import comfy.ops
+
+    cfg = {k: v for k, v in unet_config.items() if k not in ("out_channels", "dtype", "device", "operations")}
+    cfg.update(hint_channels=3, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init)
+    return cfg
+
+
+#: the ControlNet parts that do not come from the UNet's encoder
+NEW_PREFIXES = ("input_hint_block.", "zero_convs.", "middle_block_out.")
+
+
+def build_controlnet(base_or_config, device=None, seed: int = 0, init: bool = True) -> torch.nn.Module:
+    """A trainable fp32 ControlNet (ComfyUI's class) initialised from the base UNet's encoder.
+
+    The hint block gets PyTorch's default initialisation (seeded) except its last
+    convolution; that one, every zero convolution and ``middle_block_out`` start at zero, so
+    the untrained ControlNet leaves the base model unchanged. ``base_or_config`` may be a
+    :class:`Base` or a UNet config dict (``init`` is then ignored: weights stay uninitialised,
+    e.g. on the ``meta`` device).
+    """
+    import comfy.cldm.cldm
+
+    config = base_or_config.unet_config if isinstance(base_or_config, Base) else base_or_config
+    cm = comfy.cldm.cldm.ControlNet(**controlnet_config(config, device=device))
+    if not isinstance(base_or_config, Base) or not init:
+        return cm
+    missing, unexpected = cm.load_state_dict(base_or_config.unet.state_dict(), strict=False)
+    stray = [k for k in missing if not k.startswith(NEW_PREFIXES)]
+    if stray:
+        raise SCGError(f"ControlNet/UNet layouts differ: {stray[:4]} not found in the base UNet")
+    init_weights(cm.input_hint_block, seed)
+    zero = [cm.input_hint_block[-1], cm.middle_block_out] + list(cm.zero_convs)
+    with torch.no_grad():
+        for m in zero:
+            for p in m.parameters():
+                p.zero_()
+    return cm
+
+
+def hint_block_size(hint_hw: tuple[int, int], cm: torch.nn.Module) -> tuple[int, int]:
+    """Spatial size the ControlNet's hint block turns a hint of ``hint_hw`` into."""
+    h, w = hint_hw
+    for m in cm.input_hint_block:
+        if isinstance(m, torch.nn.Conv2d):
+            k, s, p = m.kernel_size[0], m.stride[0], m.padding[0]
+            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    return h, w
+
+
+# --- encoders ----------------------------------------------------------------------------
+def escape_caption(text: str) -> str:
+    """A caption read literally by ComfyUI's tokenizer: parentheses are not prompt weights."""
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+@torch.no_grad()
+def encode_text(base: Base, captions: list[str]) -> torch.Tensor:
+    """Captions → SD1.5 text conditioning B×77×context_dim (float32, CPU), with ComfyUI's CLIP.
+
+    Literal text (parentheses escaped); longer captions keep their first 77-token chunk,
+    as SD1.5's own text encoder truncates.
+    """
+    out = []
+    for text in captions:
+        cond = base.clip.encode_from_tokens(base.clip.tokenize(escape_caption(text)))
+        out.append(cond[:, :77].float().cpu())
+    return torch.cat(out).clone()
+
+
+@torch.no_grad()
+def encode_images(base: Base, images: torch.Tensor) -> torch.Tensor:
+    """B×3×H×W in [0, 1] → SD1.5 latents B×4×H/8×W/8 as the UNet sees them (scaled; float32, CPU).
+
+    ComfyUI's VAE encode (the posterior's mean), then the model's ``latent_format.process_in``.
+    """
+    raw = base.vae.encode(images.movedim(1, -1).float().cpu())
+    return base.model.latent_format.process_in(raw).float().cpu().clone()
+
+
+# --- the training forward pass ----------------------------------------------------------
+def predict_noise(unet, controlnet, model_sampling, x_t, sigma, context, hint) -> torch.Tensor:
+    """ε-prediction of the frozen UNet with the ControlNet's residuals, at noise level ``sigma``.
+
+    The same input scaling ComfyUI applies at inference (``calculate_input`` and
+    ``timestep`` of the model's own sampling object) for both networks; the control
+    residuals go in through the UNet's ``control`` argument, as at inference.
+    """
+    xc = model_sampling.calculate_input(sigma, x_t)
+    t = model_sampling.timestep(sigma).float()
+    ctrl = controlnet(x=xc, hint=hint, timesteps=t, context=context)
+    control = {"middle": list(ctrl["middle"]), "output": list(ctrl["output"])}  # the UNet pops these
+    return unet(xc, t, context=context, control=control, transformer_options={})
+
+
+def enable_checkpointing(*modules) -> int:
+    """Gradient checkpointing on every layer of the UNet/ControlNet blocks (and the hint block).
+
+    ComfyUI's UNet calls each layer of a block itself, so the layers are wrapped, not the
+    blocks. Non-reentrant checkpointing (works with DDP and autocast). Returns the count.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def wrap(m):
+        if getattr(m, "_scg_checkpointed", False):
+            return 0
+        forward = m.forward
+
+        def checkpointed(*args, **kwargs):
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+        m.forward, m._scg_checkpointed = checkpointed, True
+        return 1
+
+    n = 0
+    for module in modules:
+        for name in ("input_blocks", "output_blocks"):
+            for block in getattr(module, name, []):
+                n += sum(wrap(layer) for layer in block)
+        if hasattr(module, "middle_block"):
+            n += sum(wrap(layer) for layer in module.middle_block)
+        if hasattr(module, "input_hint_block"):
+            n += wrap(module.input_hint_block)
+    return n
+
+
+# --- sampling with ComfyUI's sampler (the progress sheets) -------------------------------
+@torch.no_grad()
+def sample(base: Base, controlnet: torch.nn.Module, images: torch.Tensor, hint_fn, context: torch.Tensor,
+           uncond: torch.Tensor, steps: int = 20, cfg: float = 7.5, sampler: str = "euler",
+           scheduler: str = "normal", seed: int = 0, keep_on=None) -> torch.Tensor:
+    """Generate with the base and the (training) ControlNet through ``comfy.sample.sample``.
+
+    images: B×3×H×W in [0, 1] at the generation size; ``hint_fn(images)`` makes the hint
+    (run by ComfyUI's hint preparation, so the ControlNet sees exactly what training fed it).
+    context/uncond: B×77×C. ``keep_on``: a device ComfyUI must leave the ControlNet on when it
+    unloads models (the training device). Returns decoded images B×H×W×3 in [0, 1] (CPU).
+    """
+    import comfy.controlnet
+    import comfy.model_management as mm
+    import comfy.sample
+
+    cn = comfy.controlnet.ControlNet(controlnet, load_device=mm.get_torch_device(), manual_cast_dtype=None)
+    cn.preprocess_image = hint_fn
+    if keep_on is not None:
+        cn.control_model_wrapped.offload_device = keep_on
+    cn = cn.copy().set_cond_hint(images.float().cpu(), 1.0, (0.0, 1.0))
+    positive = [[context.float().cpu(), {"control": cn, "control_apply_to_uncond": False}]]
+    negative = [[uncond.float().cpu(), {"control": cn, "control_apply_to_uncond": False}]]
+    b, _, h, w = images.shape
+    latent = torch.zeros(b, 4, h // 8, w // 8)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    out = comfy.sample.sample(base.patcher, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
+                              seed=seed, disable_pbar=True)
+    images = base.vae.decode(out).float().cpu().clamp(0, 1)
+    mm.unload_all_models()  # while this ControlNet wrapper lives: ComfyUI forgets it cleanly
+    return images
+
+
+__all__ = ["Base", "NotSD15Error", "SD15_SPEC", "SD15_UNET", "SPEC_KEY", "build_controlnet", "build_from_spec",
+           "check_sd15_state_dict", "encode_images", "encode_text", "enable_checkpointing", "find_comfyui",
+           "hint_block_size", "import_comfy", "init_weights", "load_base", "predict_noise", "sample",
+           "save_spec_checkpoint"]
