@@ -192,7 +192,9 @@ class ModularAutoencoder(nn.Module):
 
     def _composite(self) -> torch.Tensor:
         """Composite kernel for inference, composed once per weights (cached)."""
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        # inference tensors (weights loaded under torch.inference_mode, as in ComfyUI) keep no version counter
+        key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype, p.device)
+                    for p in self.parameters())
         if self._kernel_cache is None or self._kernel_cache[0] != key:
             with torch.no_grad():
                 self._kernel_cache = (key, self.kernel().detach())

@@ -104,16 +104,24 @@ def resolve_modules(selection, groups: Mapping[str, Sequence[int]], n_vector: in
 def parse_gains(gains, modules: Sequence[int], n_vector: int) -> list[float] | None:
     """Per-module gains for the selected ``modules``, in their order; ``None`` means all 1.
 
-    ``gains``: ``None``/``""``; text such as ``"0:1.5,4:0.5"``; a mapping module → gain
-    (unlisted selected modules keep 1); or a sequence with one gain per selected module
-    or one per module of the autoencoder.
+    ``gains``: ``None``/``""``; text such as ``"0:1.5,4:0.5"``; one number (``1.5`` or
+    ``"1.5"``) for every selected module; a mapping module → gain (unlisted selected
+    modules keep 1); or a sequence with one gain per selected module or one per module
+    of the autoencoder.
     """
     if gains is None:
         return None
-    if isinstance(gains, str):
+    if isinstance(gains, (int, float)) and not isinstance(gains, bool):
+        gains = [float(gains)] * len(modules)
+    elif isinstance(gains, str):
         text = gains.strip()
         if not text:
             return None
+        try:
+            gains = [float(text)] * len(modules)
+        except ValueError:
+            pass
+    if isinstance(gains, str):
         table = {}
         for item in re.split(r"[,;]", text):
             if not item.strip():
@@ -125,7 +133,7 @@ def parse_gains(gains, modules: Sequence[int], n_vector: int) -> list[float] | N
                 table[int(key)] = float(val)
             except ValueError:
                 raise SCGError(f"gains: cannot read {item.strip()!r}; write module:gain pairs such as "
-                               "'0:1.5,4:0.5'") from None
+                               "'0:1.5,4:0.5', or one number for every selected module") from None
         gains = table
     if isinstance(gains, Mapping):
         table = {int(k): float(v) for k, v in gains.items()}

@@ -1,0 +1,140 @@
+"""Shared pieces of the SCG nodes: the SCG_AUTOENCODER type, image adapting, devices and dtypes.
+
+Only type, device, dtype and memory-management glue lives here; every tensor
+computation is in ``scg_models``.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+from comfy_api.latest import io
+
+from ..scg_models import ModularAutoencoder, SCGError
+from ..scg_models.imaging import fit, to_rgb
+
+log = logging.getLogger("SCG")
+
+CATEGORY = "conditioning/controlnet/SCG"
+LOADER_CATEGORY = "loaders/SCG"
+MODEL_FOLDER = "scg"
+
+#: the custom link type carrying an :class:`SCGAutoencoder`
+ScgAutoencoderType = io.Custom("SCG_AUTOENCODER")
+
+MODULES_TOOLTIP = ("Which modules make the hint: a group name of the autoencoder (HC0..HC9 for the authors' model: "
+                   "HC0 colour, HC1 brightness, HC2/HC3 edges, HC4/HC5 high frequencies), several joined with + "
+                   "(HC2+HC3), module numbers such as 0,1,4, or all. Use the group the ControlNet was trained on.")
+GAINS_TOOLTIP = ("Optional per-module gains applied to the features before decoding, as module:gain pairs "
+                 "(0:1.5,4:0.5), or one number for every selected module (1.5). Empty: all 1. Scaling the colour "
+                 "modules up or down changes saturation/contrast in the result.")
+
+_HALF_TYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def register_model_folder() -> str:
+    """Register ``models/scg`` with ComfyUI, keeping any paths extra_model_paths.yaml already gave."""
+    scg_dir = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    if MODEL_FOLDER in folder_paths.folder_names_and_paths:
+        if scg_dir not in folder_paths.get_folder_paths(MODEL_FOLDER):
+            folder_paths.add_model_folder_path(MODEL_FOLDER, scg_dir)
+    else:
+        folder_paths.folder_names_and_paths[MODEL_FOLDER] = ([scg_dir], set(folder_paths.supported_pt_extensions))
+    return scg_dir
+
+
+class SCGAutoencoder:
+    """What travels on an SCG_AUTOENCODER link.
+
+    ``ae``: the autoencoder with fp32 weights on ComfyUI's offload device. ComfyUI's memory
+    management moves it: :meth:`patcher` gives the ``ModelPatcher`` for a compute dtype (one
+    per dtype, made once), which the sampler loads together with the UNet and ControlNet.
+    """
+
+    def __init__(self, ae: ModularAutoencoder, name: str):
+        self.ae = ae.float().eval().requires_grad_(False).to(mm.unet_offload_device())
+        self.name = name
+        self._patchers: dict[torch.dtype, comfy.model_patcher.ModelPatcher] = {}
+
+    def patcher(self, dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
+        if dtype not in _HALF_TYPES:
+            dtype = torch.float32  # e.g. fp8 weights: compute in fp32
+        if dtype not in self._patchers:
+            model = self.ae if dtype == torch.float32 else copy.deepcopy(self.ae).to(dtype)
+            self._patchers[dtype] = comfy.model_patcher.ModelPatcher(
+                model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+        return self._patchers[dtype]
+
+    def __repr__(self):
+        return f"SCGAutoencoder({self.name!r}, {self.ae.extra_repr()})"
+
+
+def loaded_module(patcher: comfy.model_patcher.ModelPatcher) -> tuple[ModularAutoencoder, torch.device]:
+    """The patcher's autoencoder and the device it runs on.
+
+    ComfyUI normally moves all of it to the compute device; if its weights ended up split
+    between devices (very low VRAM), a copy on the compute device is used.
+    """
+    ae = patcher.model
+    devices = {p.device for p in ae.parameters()}
+    if len(devices) == 1:
+        return ae, devices.pop()
+    log.debug("SCG autoencoder weights are split across %s; using a copy on %s", devices, patcher.load_device)
+    return copy.deepcopy(ae).to(patcher.load_device), torch.device(patcher.load_device)
+
+
+def image_to_nchw(image, name: str = "image") -> torch.Tensor:
+    """ComfyUI IMAGE (B×H×W×C in [0, 1]) → B×3×H×W; grey is repeated, alpha dropped (with a log line)."""
+    if not isinstance(image, torch.Tensor):
+        raise SCGError(f"{name}: expected an IMAGE tensor, got {type(image).__name__}")
+    if image.dim() in (2, 3):
+        raise SCGError(f"{name}: got a MASK-shaped tensor {tuple(image.shape)} (B×H×W), not an IMAGE (B×H×W×C); "
+                       "convert it with 'Convert Mask to Image' first")
+    if image.dim() != 4:
+        raise SCGError(f"{name}: expected an IMAGE B×H×W×C, got shape {tuple(image.shape)}")
+    x, note = to_rgb(image.movedim(-1, 1), name)
+    if note:
+        log.info("SCG: %s", note)
+    return x
+
+
+def to_image(x: torch.Tensor) -> torch.Tensor:
+    """B×C×H×W → ComfyUI IMAGE B×H×W×C, float32 on ComfyUI's intermediate device."""
+    return x.movedim(1, -1).to(device=mm.intermediate_device(), dtype=torch.float32).contiguous()
+
+
+class HintSource:
+    """Extracts one module selection's hint with a managed autoencoder, in a given compute dtype."""
+
+    def __init__(self, scg_ae: SCGAutoencoder, modules: list[int], gains: list[float] | None,
+                 dtype: torch.dtype = torch.float32):
+        self.scg_ae, self.modules, self.gains = scg_ae, list(modules), gains
+        self.patcher = scg_ae.patcher(dtype)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        return self.scg_ae.ae.output_size(height, width)
+
+    def __call__(self, images: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
+        """images: B×3×H×W in [0, 1] → hint B×3×h×w of the images fitted to height×width.
+
+        The images are centre-cropped and resized (antialiased) to height×width first, on
+        their own device; the hint is computed on the autoencoder's device in its dtype.
+        """
+        if height is not None and width is not None:
+            images = fit(images.float(), height, width)
+        ae, device = loaded_module(self.patcher)
+        return ae.hint(images.to(device), self.modules, self.gains)
+
+
+def resolve_selection(ae: ModularAutoencoder, modules: str, gains: str) -> tuple[list[int], list[float] | None]:
+    """The node inputs ``modules`` and ``gains`` checked against the autoencoder (errors name them)."""
+    from ..scg_models import parse_gains
+
+    mods = ae.resolve_modules(modules)
+    return mods, parse_gains(gains, mods, ae.n_vector)

@@ -1,0 +1,101 @@
+"""HypercolumnExtract in the host: outputs, chunking with a progress bar, conversions and errors."""
+import pytest
+import torch
+
+import comfy.utils
+from hosttools import make_images, random_ae, run_node
+from scg_models import minmax
+from scg_models.grid import group_grid
+
+
+@pytest.fixture(scope="module")
+def ae():
+    return random_ae(seed=3)
+
+
+@pytest.fixture()
+def scg_ae(host, ae):
+    return host.pack.nodes.common.SCGAutoencoder(ae, "test-ae")
+
+
+@pytest.fixture()
+def extract(node):
+    cls = node("HypercolumnExtract")
+    return lambda **kw: run_node(cls, **{"modules": "HC0", "gains": "", "grid": "labelled", **kw})
+
+
+def test_outputs(ae, scg_ae, extract):
+    img = make_images(batch=2, height=64, width=80)
+    hint, preview, grid = extract(image=img, scg_autoencoder=scg_ae, modules="HC1", gains="2:1.5")
+    x = img.movedim(-1, 1)
+    expected = ae.hint(x, "HC1", "2:1.5")
+    assert hint.shape == (2, 61, 77, 3) and hint.dtype == torch.float32
+    assert torch.equal(hint, expected.movedim(1, -1))  # raw, un-normalised
+    assert hint.min() < 0 or hint.max() > 1
+    assert torch.equal(preview, minmax(expected).movedim(1, -1))
+    assert preview.min() >= 0 and preview.max() <= 1
+    sheet = group_grid(ae, x).movedim(1, -1)
+    assert torch.equal(grid, sheet) and grid.shape[0] == 2
+    plain = extract(image=img, scg_autoencoder=scg_ae, grid="plain")[2]
+    assert plain.shape == grid.shape and not torch.equal(plain, grid)  # same sheet, no labels
+    off = extract(image=img, scg_autoencoder=scg_ae, grid="off")[2]
+    assert off.shape[0] == 2 and off.abs().sum() == 0
+
+
+def test_chunks_and_progress(host, ae, scg_ae, extract, monkeypatch):
+    extract_module = host.pack.nodes.extract
+    monkeypatch.setattr(extract_module, "MAX_CHUNK", 2)
+    seen = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
+                        seen.append((value, total)))
+    img = make_images(batch=5, seed=9)
+    hint, preview, grid = extract(image=img, scg_autoencoder=scg_ae)
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    assert torch.allclose(hint, ae.hint(img.movedim(-1, 1), "HC0").movedim(1, -1), atol=1e-6)
+    assert grid.shape[0] == 5
+
+
+def test_halves_the_chunk_when_out_of_memory(host, ae, scg_ae, extract, monkeypatch):
+    extract_module = host.pack.nodes.extract
+    source_cls = host.pack.nodes.common.HintSource
+    calls = []
+    original = source_cls.__call__
+
+    def flaky(self, images, *a, **kw):
+        calls.append(images.shape[0])
+        if images.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, images, *a, **kw)
+
+    monkeypatch.setattr(source_cls, "__call__", flaky)
+    monkeypatch.setattr(extract_module, "MAX_CHUNK", 4)
+    img = make_images(batch=3)
+    hint = extract(image=img, scg_autoencoder=scg_ae, grid="off")[0]
+    assert calls == [3, 1, 1, 1] and hint.shape[0] == 3
+
+
+def test_grey_and_rgba(ae, scg_ae, extract, caplog):
+    rgb = make_images()
+    with caplog.at_level("INFO"):
+        grey_hint = extract(image=rgb[..., :1], scg_autoencoder=scg_ae, grid="off")[0]
+        assert "grey image (1 channel) repeated to RGB" in caplog.text
+        rgba_hint = extract(image=torch.cat([rgb, rgb[..., :1]], -1), scg_autoencoder=scg_ae, grid="off")[0]
+        assert "alpha channel dropped" in caplog.text
+    assert torch.equal(rgba_hint, extract(image=rgb, scg_autoencoder=scg_ae, grid="off")[0])
+    grey = rgb[..., :1].expand(-1, -1, -1, 3).movedim(-1, 1)
+    assert torch.equal(grey_hint, ae.hint(grey, "HC0").movedim(1, -1))
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"image": torch.rand(1, 64, 64)}, "image: got a MASK-shaped tensor"),
+    ({"image": torch.rand(1, 64, 64, 3) * 255}, r"image: values must lie in \[0, 1\]"),
+    ({"image": torch.rand(1, 8, 8, 3)}, "image: 8×8 is smaller than the 21×21 kernel"),
+    ({"modules": "colour"}, "modules: unknown group 'colour'"),
+    ({"modules": ""}, "modules: the module selection is empty"),
+    ({"gains": "0:abc"}, "gains: cannot read '0:abc'"),
+    ({"scg_autoencoder": None}, "scg_autoencoder: connect an SCG autoencoder"),
+])
+def test_errors_name_the_input(scg_ae, extract, kw, message):
+    args = {"image": make_images(), "scg_autoencoder": scg_ae, **kw}
+    with pytest.raises(ValueError, match=message):
+        extract(**args)
