@@ -16,7 +16,10 @@ Measures, per module (``vector_length`` channels):
 * orientation selectivity index per channel, ``OSI = (R_pref − R_orth)/(R_pref + R_orth)``,
   and its global form ``gOSI = |Σ R(φ)e^{2iφ}| / Σ R(φ)``; a module's OSI is the mean over
   its channels;
-* preferred spatial frequency (cycles/pixel) of the module (its channels' summed tuning).
+* preferred spatial frequency (cycles/pixel) of the module (its channels' summed tuning);
+* strength: the module's peak grating response relative to the strongest module's. A module
+  below 0.2 is *weak* (it barely answers any grating: an unused module whose kernel is still
+  mostly its random initialisation); its OSI is not meaningful and the counts leave it out.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ COLOUR_AXES = {"lum": (1 / math.sqrt(3),) * 3, "rg": (1 / math.sqrt(2), -1 / mat
 COLOUR_MIN_CHROMA = 0.5   # chroma fraction at or above: colour(-opponent) module
 LUMINANCE_MAX_CHROMA = 0.2  # at or below: luminance module
 ORIENTED_MIN_OSI = 0.5    # module OSI at or above: oriented module
+WEAK_MAX_STRENGTH = 0.2   # peak grating response below this share of the strongest module's: weak
 
 
 @dataclass
@@ -48,7 +52,8 @@ class ModuleTuning:
     pref_sf: float         # cycles/pixel
     dc: float              # response to a uniform luminance step, relative to the peak grating response
     colour_dir: list       # per channel: lum / rg / by, the grating colour it answers most
-    kind: str              # colour / oriented / luminance / mixed
+    strength: float        # peak grating response / the strongest module's, 0..1
+    kind: str              # colour / oriented / luminance / mixed / weak
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,6 +131,8 @@ def module_tuning(ae: ModularAutoencoder, n_orient: int = 16, n_sf: int = 12) ->
     k = rgb_kernels(ae)
     dc_resp = ae.activate(k.sum((1, 2, 3)).abs())               # response to +1 on all RGB pixels
     vl = ae.vector_length
+    peaks = R.view(ae.n_vector, -1).amax(1)
+    strength = peaks / peaks.max().clamp(min=1e-12)
     out = []
     for i in range(ae.n_vector):
         osis, gosis, prefs, dirs = [], [], [], []
@@ -143,23 +150,28 @@ def module_tuning(ae: ModularAutoencoder, n_orient: int = 16, n_sf: int = 12) ->
         chroma = float((e[1] + e[2]) / e.sum()) if float(e.sum()) > 0 else 0.0
         osi = sum(osis) / len(osis)
         dc = float(dc_resp[i * vl:(i + 1) * vl].max()) * 0.25 / max(peak_mod, 1e-12)
-        kind = ("colour" if chroma >= COLOUR_MIN_CHROMA else
+        kind = ("weak" if float(strength[i]) < WEAK_MAX_STRENGTH else
+                "colour" if chroma >= COLOUR_MIN_CHROMA else
                 "oriented" if osi >= ORIENTED_MIN_OSI else
                 "luminance" if chroma <= LUMINANCE_MAX_CHROMA else "mixed")
         out.append(ModuleTuning(i, chroma, float(k[i * vl:(i + 1) * vl].pow(2).sum()), osi,
                                 [round(v, 3) for v in osis], sum(gosis) / len(gosis), prefs,
-                                float(sfs[int(sf_curve.argmax())]), dc, dirs, kind))
+                                float(sfs[int(sf_curve.argmax())]), dc, dirs, float(strength[i]), kind))
     return out
 
 
 def summary(tunings: list[ModuleTuning]) -> dict:
-    """Counts against the paper's claim: colour, luminance and oriented modules."""
+    """Counts against the paper's claim: colour, luminance and oriented modules (weak modules
+    left out of the counts; ``mean_osi`` is over the modules that are not weak)."""
+    live = [t for t in tunings if t.kind != "weak"] or tunings
     return {
-        "colour_modules": sum(t.chroma >= COLOUR_MIN_CHROMA for t in tunings),
-        "luminance_modules": sum(t.chroma <= LUMINANCE_MAX_CHROMA for t in tunings),
-        "oriented_modules": sum(t.osi >= ORIENTED_MIN_OSI for t in tunings),
-        "mean_osi": sum(t.osi for t in tunings) / len(tunings),
-        "kinds": {k: sum(t.kind == k for t in tunings) for k in ("colour", "oriented", "luminance", "mixed")},
+        "colour_modules": sum(t.chroma >= COLOUR_MIN_CHROMA for t in live),
+        "luminance_modules": sum(t.chroma <= LUMINANCE_MAX_CHROMA for t in live),
+        "oriented_modules": sum(t.osi >= ORIENTED_MIN_OSI for t in live),
+        "oriented_osis": sorted((round(t.osi, 2) for t in live if t.osi >= ORIENTED_MIN_OSI), reverse=True),
+        "mean_osi": sum(t.osi for t in live) / len(live),
+        "weak_modules": sum(t.kind == "weak" for t in tunings),
+        "kinds": {k: sum(t.kind == k for t in tunings) for k in ("colour", "oriented", "luminance", "mixed", "weak")},
     }
 
 
@@ -167,60 +179,58 @@ def derive_groups(ae: ModularAutoencoder, tunings: list[ModuleTuning] | None = N
     """Named groups for a trained model, in the authors' order and meaning (HC0 … HC5).
 
     * HC0 colour: modules with chroma fraction ≥ 0.5 (at least the most chromatic one);
-    * the rest, the achromatic modules, split by preferred spatial frequency and orientation:
-      HC1 brightness: the non-oriented ones at the lowest frequencies (at least one);
-      HC2 edges: oriented modules at mid frequencies; HC3 the single most oriented module
-      (sketches, line art); HC4 high and HC5 the highest spatial frequencies.
-    HC0–HC5 partition the modules, as the authors' do (HC2 may be empty, then it equals HC3);
-    two aliases follow: ``colour`` (= HC0) and ``structure`` (everything but colour).
-    Every description records the measure that placed the module there.
+    * the achromatic rest, split by orientation selectivity and preferred spatial frequency
+      (the upper third of their frequencies counts as high):
+      HC1 brightness: non-oriented modules below the high frequencies (at least one);
+      HC2 edges: the oriented modules (OSI ≥ 0.5) but the best; HC3: the most
+      orientation-selective module (the authors use theirs for sketches and line art);
+      HC4 high and HC5 the highest spatial frequencies (non-oriented); weak modules go to HC5.
+    HC0–HC5 partition the modules as the authors' do, except that HC2 equals HC3 when there is
+    a single oriented module; a group that would be empty is left out. Aliases follow:
+    ``colour`` (HC0), ``brightness`` (HC1), ``edges`` (HC2 ∪ HC3), ``structure`` (all but colour).
+    Every description records the measures that placed its modules there.
     """
     t = tunings or module_tuning(ae)
     nv = ae.n_vector
-    colour = [m.module for m in t if m.chroma >= COLOUR_MIN_CHROMA]
-    if not colour:
-        colour = [max(t, key=lambda m: m.chroma).module]
-    rest = sorted((m for m in t if m.module not in colour), key=lambda m: (m.pref_sf, -m.osi))
-    groups: dict[str, list[int]] = {k: [] for k in ("HC0", "HC1", "HC2", "HC3", "HC4", "HC5")}
-    groups["HC0"] = sorted(colour)
+    live = [m for m in t if m.kind != "weak"] or list(t)
+    weak = [m for m in t if m not in live]
+    colour = [m for m in live if m.chroma >= COLOUR_MIN_CHROMA] or [max(live, key=lambda m: m.chroma)]
+    rest = sorted((m for m in live if m not in colour), key=lambda m: (m.pref_sf, -m.osi))
+    groups: dict[str, list] = {k: [] for k in ("HC0", "HC1", "HC2", "HC3", "HC4", "HC5")}
+    groups["HC0"] = colour
     if rest:
         sfs = sorted(m.pref_sf for m in rest)
-        hi_cut = sfs[min(len(sfs) - 1, (2 * len(sfs)) // 3)]  # the upper third is "high frequency"
-        low = [m for m in rest if m.osi < ORIENTED_MIN_OSI and m.pref_sf < hi_cut]
-        if not low:
-            low = [rest[0]]
-        groups["HC1"] = [m.module for m in low]
-        left = [m for m in rest if m.module not in groups["HC1"]]
-        high = [m for m in left if m.pref_sf >= hi_cut and m.osi < ORIENTED_MIN_OSI]
-        edges = [m for m in left if m not in high]
-        if not edges and high:
-            edges = [max(high, key=lambda m: m.osi)]
-            high = [m for m in high if m is not edges[0]]
-        if edges:
-            best = max(edges, key=lambda m: m.osi)
-            groups["HC3"] = [best.module]
-            groups["HC2"] = [m.module for m in edges if m is not best]
-        if high:
-            high.sort(key=lambda m: m.pref_sf)
-            cut = max(1, len(high) // 2) if len(high) > 1 else len(high)
-            groups["HC4"] = [m.module for m in high[:cut]]
-            groups["HC5"] = [m.module for m in high[cut:]]
+        hi_cut = sfs[min(len(sfs) - 1, (2 * len(sfs)) // 3)]
+        oriented = [m for m in rest if m.osi >= ORIENTED_MIN_OSI]
+        flat = [m for m in rest if m not in oriented]
+        groups["HC1"] = [m for m in flat if m.pref_sf < hi_cut] or [(flat or rest)[0]]
+        oriented = [m for m in oriented if m not in groups["HC1"]]
+        high = sorted((m for m in flat if m not in groups["HC1"]), key=lambda m: m.pref_sf)
+        if oriented:
+            best = max(oriented, key=lambda m: m.osi)
+            groups["HC3"] = [best]
+            groups["HC2"] = [m for m in oriented if m is not best] or [best]
+        if len(high) == 1 and not weak:
+            groups["HC4"] = high
+        elif high:
+            cut = max(1, len(high) // 2)
+            groups["HC4"], groups["HC5"] = high[:cut], high[cut:]
+    groups["HC5"] = groups["HC5"] + weak
     by_mod = {m.module: m for m in t}
 
     def desc(what: str, mods: list[int]) -> str:
-        stats = "; ".join(f"{i}: chroma {by_mod[i].chroma:.2f}, OSI {by_mod[i].osi:.2f}, "
-                          f"{by_mod[i].pref_sf:.3f} c/px" for i in mods)
+        stats = "; ".join(f"{i}: chroma {by_mod[i].chroma:.2f}, OSI {by_mod[i].osi:.2f}, {by_mod[i].pref_sf:.3f} c/px"
+                          + (" (weak)" if by_mod[i].kind == "weak" else "") for i in mods)
         return f"{what} (derived: {stats})"
 
     whats = {"HC0": "colour: colour-opponent modules", "HC1": "brightness: low-frequency luminance modules",
              "HC2": "edges: oriented luminance modules", "HC3": "edges: the most orientation-selective module",
-             "HC4": "high spatial frequency", "HC5": "highest spatial frequency"}
-    if not groups["HC2"] and groups["HC3"]:
-        groups["HC2"] = list(groups["HC3"])
-    out = [{"name": k, "modules": sorted(v), "description": desc(whats[k], sorted(v))}
-           for k, v in groups.items() if v]
-    structure = sorted(set(range(nv)) - set(groups["HC0"]))
-    out.append({"name": "colour", "modules": groups["HC0"], "description": "alias of HC0"})
-    if structure:
-        out.append({"name": "structure", "modules": structure, "description": "every module but the colour ones"})
+             "HC4": "high spatial frequency", "HC5": "highest spatial frequency and weak modules"}
+    ids = {k: sorted(m.module for m in v) for k, v in groups.items()}
+    out = [{"name": k, "modules": v, "description": desc(whats[k], v)} for k, v in ids.items() if v]
+    edges = sorted(set(ids["HC2"]) | set(ids["HC3"]))
+    aliases = (("colour", ids["HC0"], "alias of HC0"), ("brightness", ids["HC1"], "alias of HC1"),
+               ("edges", edges, "HC2 and HC3: every oriented module"),
+               ("structure", sorted(set(range(nv)) - set(ids["HC0"])), "every module but the colour ones"))
+    out += [{"name": n, "modules": m, "description": d} for n, m, d in aliases if m]
     return out

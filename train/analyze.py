@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 import scg_models
-from scg_models.analysis import (COLOUR_MIN_CHROMA, LUMINANCE_MAX_CHROMA, ORIENTED_MIN_OSI, derive_groups,
-                                 grating_responses, module_tuning, summary)
+from scg_models.analysis import (COLOUR_MIN_CHROMA, LUMINANCE_MAX_CHROMA, ORIENTED_MIN_OSI, WEAK_MAX_STRENGTH,
+                                 derive_groups, grating_responses, module_tuning, summary)
 from scg_models.groups import validate_groups
 
 from .viz import grid, kernels_rgb, line_plot, save_png
@@ -32,10 +32,10 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 
 def table(tunings) -> str:
-    rows = [f"{'mod':>3} {'type':<9} {'chroma':>6} {'OSI':>5} {'gOSI':>5} {'sf c/px':>7}  "
+    rows = [f"{'mod':>3} {'type':<9} {'chroma':>6} {'OSI':>5} {'gOSI':>5} {'sf c/px':>7} {'str.':>4}  "
             f"{'channel OSIs':<23} {'pref. orientations (deg)':<24} colour"]
     for t in tunings:
-        rows.append(f"{t.module:>3} {t.kind:<9} {t.chroma:>6.2f} {t.osi:>5.2f} {t.gosi:>5.2f} {t.pref_sf:>7.3f}  "
+        rows.append(f"{t.module:>3} {t.kind:<9} {t.chroma:>6.2f} {t.osi:>5.2f} {t.gosi:>5.2f} {t.pref_sf:>7.3f} {t.strength:>4.2f}  "
                     f"{' '.join(f'{v:.2f}' for v in t.osi_channels):<23} "
                     f"{' '.join(f'{v:.0f}' for v in t.pref_orientation):<24} {','.join(t.colour_dir)}")
     return "\n".join(rows)
@@ -47,9 +47,11 @@ def summary_lines(name: str, s: dict) -> dict[str, str]:
         f"colour modules (chroma ≥ {COLOUR_MIN_CHROMA})": str(s["colour_modules"]),
         f"luminance modules (chroma ≤ {LUMINANCE_MAX_CHROMA})": str(s["luminance_modules"]),
         f"oriented modules (OSI ≥ {ORIENTED_MIN_OSI})": str(s["oriented_modules"]),
+        "their OSIs": ",".join(f"{v:.2f}" for v in s["oriented_osis"]) or "-",
         "mean module OSI": f"{s['mean_osi']:.2f}",
-        "types colour/oriented/luminance/mixed": "/".join(str(s["kinds"][k]) for k in
-                                                          ("colour", "oriented", "luminance", "mixed")),
+        f"weak modules (strength < {WEAK_MAX_STRENGTH})": str(s["weak_modules"]),
+        "types colour/oriented/luminance/mixed/weak": "/".join(str(s["kinds"][k]) for k in
+                                                               ("colour", "oriented", "luminance", "mixed", "weak")),
     }
 
 

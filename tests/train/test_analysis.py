@@ -60,7 +60,7 @@ def test_derived_groups_partition_the_modules():
     groups = {g["name"]: g["modules"] for g in derive_groups(ae)}
     assert groups["HC0"] == [1, 3] and groups["colour"] == [1, 3]
     assert groups["HC1"] == [2] and groups["HC3"] == [0]
-    assert groups["structure"] == [0, 2]
+    assert groups["structure"] == [0, 2] and groups["edges"] == [0] and groups["brightness"] == [2]
     ae.set_groups(derive_groups(ae))  # valid for the core (names unique, modules in range)
     assert ae.resolve_modules("HC1+HC3") == [2, 0]
 
