@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 import logging
@@ -40,40 +39,31 @@ STATE_VERSION = 1
 EVAL_TIMESTEPS = (50, 250, 500, 750, 950)
 
 
-# --- distributed ------------------------------------------------------------------------
+# --- distributed (train/distributed.py: torchrun processes, NCCL on GPUs, gloo on the CPU) -----
 class Dist:
-    """One process of a ``torchrun`` job (or the only one). NCCL on CUDA, gloo on CPU."""
+    """This process of a ``torchrun`` job (or the only one), over :mod:`train.distributed`."""
 
     def __init__(self, cpu: bool = False):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.cuda = torch.cuda.is_available() and not cpu
-        if self.cuda:
-            torch.cuda.set_device(self.local_rank)  # before ComfyUI is imported: it takes the current device
-            self.device = torch.device("cuda", self.local_rank)
-        else:
-            self.device = torch.device("cpu")
-        self.started = False
-        if self.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if self.cuda else "gloo",
-                                                 timeout=_dt.timedelta(minutes=60))
-            self.started = True
+        from . import distributed
+
+        self._d = distributed.init("cpu" if cpu else "auto", timeout_s=6 * 3600)
+        self.world, self.rank, self.device = self._d.world_size, self._d.rank, self._d.device
+        self.cuda = self.device.type == "cuda"
 
     @property
     def main(self) -> bool:
-        return self.rank == 0
+        return self._d.is_main
 
     def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
+        from . import distributed
+
+        distributed.barrier(self._d)
 
     def sum(self, values: list[float]) -> list[float]:
-        if self.world == 1:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device if self.cuda else "cpu")
-        torch.distributed.all_reduce(t)
-        return t.tolist()
+        from . import distributed
+
+        out = distributed.mean_dict({i: float(v) for i, v in enumerate(values)}, self._d)
+        return [out[i] * self.world for i in range(len(values))]
 
     def gather(self, obj) -> list:
         if self.world == 1:
@@ -83,8 +73,9 @@ class Dist:
         return out
 
     def close(self) -> None:
-        if self.started and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        from . import distributed
+
+        distributed.shutdown(self._d)
 
 
 # --- small helpers ----------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import RES, run_train, train_args
+from cnhelp import RES, run_train, train_args
 
 pytestmark = pytest.mark.host
 

@@ -1,0 +1,42 @@
+"""Two processes with torchrun over gloo: rank 0 writes, and 2 × batch 1 trains like 1 × batch 2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cnhelp import ROOT, child_env, run_train, train_args
+
+pytestmark = pytest.mark.host
+
+
+def test_two_process_gloo_run_matches_one_process(files):
+    root = files["root"] / "ddp"
+    common = ("--steps", "3", "--lr", "1e-4", "--seed", "1", "--no-gradient-checkpointing", "--log-every", "1")
+    argv = train_args(files, root / "two.safetensors", *common)
+    argv[argv.index("--batch-size") + 1] = "1"
+    env = child_env()
+    env["COMFYUI_PATH"] = str(files["comfyui"])
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "train.controlnet", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.count("finished at step 3/3") == 1  # only rank 0 reports and writes
+    log = [json.loads(x) for x in (root / "two.log.jsonl").read_text().splitlines()]
+    assert [e.get("event") for e in log].count("start") == 1 and log[0]["world"] == 2
+    assert sorted(p.name for p in root.iterdir()) == ["two.log.jsonl", "two.safetensors", "two.train-state.pt"]
+    state = torch.load(root / "two.train-state.pt", weights_only=True)
+    assert len(state["rng"]) == 2 and state["recipe"]["world"] == 2
+
+    one = run_train(train_args(files, root / "one" / "one.safetensors", *common))  # 1 process × batch 2
+    assert one["done"]
+    ref = torch.load(root / "one" / "one.train-state.pt", weights_only=True)["controlnet"]
+    # equal up to the order of the all-reduce sums (Adam turns that into ≲1e-6 on near-zero gradients);
+    # three steps at lr 1e-4 move a weight by up to 3e-4, so 1e-5 still tells the runs apart
+    worst = max(float((state["controlnet"][k] - v).abs().max()) for k, v in ref.items())
+    assert worst < 1e-5, worst
+    moved = sum(float((v - 0).abs().sum()) for k, v in ref.items() if k.startswith("zero_convs."))
+    assert moved > 0
