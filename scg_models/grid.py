@@ -123,7 +123,7 @@ def group_grid(ae: ModularAutoencoder, images: torch.Tensor, groups: Sequence[st
         r, c = divmod(i, cols)
         tile = draw_label(tile, name) if labels else tile
         sheet[..., r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = tile.to(sheet.device)
-    return sheet
+    return sheet.clamp_(0, 1)  # resampling can overshoot 1 by a rounding error
 
 
 __all__ = ["draw_label", "grid_shape", "group_grid", "text_mask"]

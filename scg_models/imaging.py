@@ -47,7 +47,7 @@ def fit(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Centre-crop B×C×H×W to the aspect ratio of height×width, then resize to exactly that.
 
     Bilinear with antialiasing (no ringing, no aliasing when shrinking; values stay in
-    the input's range). Returns the input itself when it already has that size.
+    the input's range up to rounding). Returns the input itself when it already has that size.
     """
     h, w = images.shape[-2:]
     if (h, w) == (height, width):
