@@ -245,10 +245,12 @@ class Trainee(nn.Module):
         total = lw.rec * out["rec"]
         for name in self.passes:
             A, theta = transforms[name]
-            xt, pix = warp(x, A)
+            # geometry in fp32 even under autocast: bf16 coordinates would be off by a quarter pixel
+            with torch.autocast(x.device.type, enabled=False):
+                xt, pix = warp(x.float(), A.float())
+                src = source_cells(A.float(), f.shape[-2:], ae.stride, self.offset)
             ft = self.encode(w, xt)
-            src = source_cells(A, ft.shape[-2:], ae.stride, self.offset)
-            cell = self._cell_mask(src, S, ft.shape[-2:]).unsqueeze(1).to(ft.dtype)
+            cell = self._cell_mask(src, S, ft.shape[-2:]).unsqueeze(1).float()
             pred = self.predict(f, src, theta)
             # masked means over *all* positions (not only the valid ones): a batch split over
             # processes then averages to exactly the loss of the whole batch
@@ -263,7 +265,8 @@ class Trainee(nn.Module):
                 out[f"pred_{name}"] = ((recp.float() - xt[..., :so, :so].float()).pow(2) * pix).mean()
                 total = total + lw.rec_pred * out[f"pred_{name}"]
             out[f"valid_{name}"] = cell.mean().detach()
-        out["sym"] = symmetry_loss(self.codebook, self.temperature)
+        with torch.autocast(x.device.type, enabled=False):
+            out["sym"] = symmetry_loss(self.codebook, self.temperature)
         out["total"] = total + lw.sym * out["sym"]
         return out
 
