@@ -46,7 +46,7 @@ class Dist:
     def __init__(self, cpu: bool = False):
         from . import distributed
 
-        self._d = distributed.init("cpu" if cpu else "auto", timeout_s=6 * 3600)
+        self._d = distributed.init("cpu" if cpu else "auto", timeout_s=2 * 3600)
         self.world, self.rank, self.device = self._d.world_size, self._d.rank, self._d.device
         self.cuda = self.device.type == "cuda"
 
@@ -151,6 +151,8 @@ class Trainer:
         self.controlnet = controlnet.to(self.device).float().train().requires_grad_(True)
         if checkpointing:
             sd15.enable_checkpointing(self.unet, self.controlnet)
+        else:
+            sd15.disable_checkpointing(self.unet, self.controlnet)
         self.net = self.controlnet
         if ddp:
             from torch.nn.parallel import DistributedDataParallel
@@ -280,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encode latents and text embeddings once into a cache on disk, then train from it")
     g.add_argument("--cache-dir", help="cache folder (default: .scg-cache/ next to --out)")
     g.add_argument("--workers", type=int, help="data-loading processes per GPU (default: min(8, CPUs/GPUs))")
+    g.add_argument("--deterministic", action="store_true",
+                   help="CUDA: deterministic kernels (slower), so a resumed run repeats bit for bit as on the CPU")
     g.add_argument("--save-dtype", choices=["fp16", "bf16", "fp32"], default="fp16",
                    help="dtype of the output ControlNet weights (the resumable state is always fp32)")
     g = ap.add_argument_group("checkpoints, progress, samples")
@@ -430,6 +434,8 @@ def _holdout(n: int, k: int) -> list[int]:
 def run(a) -> dict:
     """Train as the parsed command line ``a`` says. Returns a summary dict (rank 0's view)."""
     _check_args(a)
+    if a.deterministic:  # before cuBLAS starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     dist = Dist(cpu=a.cpu)
     try:
         return _run(a, dist)
@@ -448,6 +454,11 @@ def _run(a, dist: Dist) -> dict:
 
     precision = _precision(a.precision, dist)
     device = dist.device
+    if dist.cuda:  # fixed shapes: let cuDNN pick its fastest kernels, unless bitwise repeatability is asked for
+        torch.backends.cudnn.benchmark = not a.deterministic
+        if a.deterministic:
+            torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True, warn_only=True)
     if dist.main:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     # the autoencoder and the module selection
@@ -469,7 +480,6 @@ def _run(a, dist: Dist) -> dict:
                        f"{latent_hw}×{latent_hw}; pick another --resolution")
     # data
     index = scan(a.data, a.captions, check=True)
-    hold = _holdout(len(index), a.samples)
     workers = a.workers if a.workers is not None else min(8, max(1, (os.cpu_count() or 2) // max(1, dist.world)))
     skipped = dict(index.skipped)
     cache = None
@@ -479,8 +489,9 @@ def _run(a, dist: Dist) -> dict:
                "version": 1}
         cache, failed = precompute(base, index, a.resolution, folder, key, dist, a.batch_size, workers)
         skipped.update(failed)
-    bad = {i for i, p in enumerate(index.paths) if p in skipped}
-    usable = [i for i in range(len(index)) if i not in bad and i not in set(hold)]
+    readable = [i for i, p in enumerate(index.paths) if p not in skipped]
+    hold = [readable[k] for k in _holdout(len(readable), a.samples)]
+    usable = [i for i in readable if i not in set(hold)]
     order = StepOrder(len(usable), a.seed)
     per_step = a.batch_size * a.grad_accum * dist.world
     steps = a.steps or math.ceil(5 * len(usable) / per_step)
@@ -519,6 +530,8 @@ def _run(a, dist: Dist) -> dict:
         del state
         if dist.main:
             print(f"resumed from {spath} at step {step}", file=sys.stderr)
+    elif dist.main and os.path.isfile(spath):
+        print(f"note: starting over; {spath} exists and will be replaced (--resume continues it)", file=sys.stderr)
     stop_at = steps if a.stop_after is None else min(steps, step + a.stop_after)
 
     dataset = TrainSet(index, usable, a.resolution, cache)
@@ -528,6 +541,8 @@ def _run(a, dist: Dist) -> dict:
         num_workers=workers, collate_fn=collate, pin_memory=dist.cuda, persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None)
     log_path = str(Path(a.out).with_name(Path(a.out).stem + ".log.jsonl"))
+    if a.resume is None and dist.main and os.path.isfile(log_path):
+        os.unlink(log_path)  # a fresh run gets a fresh log; a resumed one appends
     eval_every = a.eval_every or a.save_every
     eval_batch = collate([TrainSet(index, usable, a.resolution, cache)[(0, i)]
                           for i in range(min(a.eval_images, len(usable)))]) if a.eval_images > 0 else None

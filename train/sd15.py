@@ -47,6 +47,18 @@ SD15_VAE = {"kind": "kl", "embed_dim": 4, "ddconfig": {
     "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}}
 #: The full SD1.5 architecture as a spec (random weights: the benchmark).
 SD15_SPEC = {"arch": "sd15", "unet": SD15_UNET, "clip": None, "vae": SD15_VAE}
+#: A tiny SD1.5-architecture base for CPU tests and the CPU benchmark: 64 UNet channels (the
+#: smallest width ComfyUI's generic ControlNet loader accepts), two levels, a 2-layer 32-wide
+#: CLIP text model with SD1.5's tokenizer, and TAESD as the VAE (8× down, 4 latent channels).
+TINY_SPEC = {
+    "arch": "sd15",
+    "unet": {**SD15_UNET, "model_channels": 64, "num_res_blocks": [1, 1], "channel_mult": [1, 2],
+             "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "context_dim": 32},
+    "clip": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
+             "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+             "projection_dim": 32, "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1},
+    "vae": {"kind": "taesd"},
+}
 
 
 class NotSD15Error(SCGError):
@@ -257,25 +269,26 @@ def build_from_spec(spec: dict, state_dict: dict | None = None, seed: int = 0, u
         vae_config = {"params": {"embed_dim": vae_spec["embed_dim"], "ddconfig": vae_spec["ddconfig"]}}
     elif vae_spec["kind"] != "taesd":
         raise SCGError(f"--base: {source}: unknown VAE kind {vae_spec['kind']!r} (taesd or kl)")
-    if state_dict is None:
-        # make every weight once, randomly, in the layout a checkpoint file has
-        mc = _spec_model_config(spec, source)
-        mc.set_inference_dtype(torch.float32, None)
-        unet = init_weights(mc.get_model({}, "").diffusion_model, seed)
-        state_dict = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+    if state_dict is None:  # random weights (benchmark, tests): build once, initialise in place
+        import comfy.model_management as mm
+        import comfy.model_patcher
+        import comfy.sd
+
+        model_config.set_inference_dtype(unet_dtype, None)
+        model = model_config.get_model({}, "", device=mm.unet_offload_device())
+        init_weights(model.diffusion_model, seed)
+        model.diffusion_model.to(unet_dtype)
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                                   offload_device=mm.unet_offload_device())
         if vae_spec["kind"] == "kl":
             vae_module = comfy.ldm.models.autoencoder.AutoencoderKL(**vae_config["params"])
         else:
             vae_module = comfy.taesd.taesd.TAESD(latent_channels=4)
         init_weights(vae_module, seed + 1)
-        state_dict.update({"first_stage_model." + k: v for k, v in vae_module.state_dict().items()})
-        import comfy.sd
-
+        vae = comfy.sd.VAE(sd=vae_module.state_dict(), config=vae_config)
         clip = comfy.sd.CLIP(clip_target, parameters=1)
         init_weights(clip.cond_stage_model, seed + 2)
-        for k, v in clip.cond_stage_model.state_dict().items():
-            state_dict["cond_stage_model." + k.split(".", 1)[1]] = v  # clip_l.transformer... → checkpoint layout
-        del unet, vae_module, clip
+        return Base(patcher, clip, vae, source, spec)
     sd = dict(state_dict)
     vae_sd = {k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")}
     return _finish(model_config, sd, "model.diffusion_model.", unet_dtype, clip_target, vae_sd, vae_config,
@@ -436,6 +449,15 @@ def predict_noise(unet, controlnet, model_sampling, x_t, sigma, context, hint) -
     return unet(xc, t, context=context, control=control, transformer_options={})
 
 
+def _checkpoint_targets(module):
+    for name in ("input_blocks", "output_blocks"):
+        for block in getattr(module, name, []):
+            yield from block
+    yield from getattr(module, "middle_block", [])
+    if hasattr(module, "input_hint_block"):
+        yield module.input_hint_block
+
+
 def enable_checkpointing(*modules) -> int:
     """Gradient checkpointing on every layer of the UNet/ControlNet blocks (and the hint block).
 
@@ -444,26 +466,29 @@ def enable_checkpointing(*modules) -> int:
     """
     from torch.utils.checkpoint import checkpoint
 
-    def wrap(m):
-        if getattr(m, "_scg_checkpointed", False):
-            return 0
-        forward = m.forward
-
-        def checkpointed(*args, **kwargs):
-            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-
-        m.forward, m._scg_checkpointed = checkpointed, True
-        return 1
-
     n = 0
     for module in modules:
-        for name in ("input_blocks", "output_blocks"):
-            for block in getattr(module, name, []):
-                n += sum(wrap(layer) for layer in block)
-        if hasattr(module, "middle_block"):
-            n += sum(wrap(layer) for layer in module.middle_block)
-        if hasattr(module, "input_hint_block"):
-            n += wrap(module.input_hint_block)
+        for m in _checkpoint_targets(module):
+            if "_scg_forward" in m.__dict__:
+                continue
+            forward = m.forward
+
+            def checkpointed(*args, _forward=forward, **kwargs):
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+            m._scg_forward, m.forward = forward, checkpointed
+            n += 1
+    return n
+
+
+def disable_checkpointing(*modules) -> int:
+    """Undo :func:`enable_checkpointing`. Returns the count."""
+    n = 0
+    for module in modules:
+        for m in _checkpoint_targets(module):
+            if "_scg_forward" in m.__dict__:
+                del m.__dict__["forward"], m.__dict__["_scg_forward"]
+                n += 1
     return n
 
 
@@ -500,7 +525,7 @@ def sample(base: Base, controlnet: torch.nn.Module, images: torch.Tensor, hint_f
     return images
 
 
-__all__ = ["Base", "NotSD15Error", "SD15_SPEC", "SD15_UNET", "SPEC_KEY", "build_controlnet", "build_from_spec",
-           "check_sd15_state_dict", "encode_images", "encode_text", "enable_checkpointing", "find_comfyui",
+__all__ = ["Base", "NotSD15Error", "SD15_SPEC", "SD15_UNET", "SPEC_KEY", "TINY_SPEC", "build_controlnet", "build_from_spec",
+           "check_sd15_state_dict", "disable_checkpointing", "encode_images", "encode_text", "enable_checkpointing", "find_comfyui",
            "hint_block_size", "import_comfy", "init_weights", "load_base", "predict_noise", "sample",
            "save_spec_checkpoint"]

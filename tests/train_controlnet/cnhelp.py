@@ -11,19 +11,14 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TINY_SPEC = {
-    "arch": "sd15",
-    "unet": {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-             "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 64,
-             "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [1, 1],
-             "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
-             "use_linear_in_transformer": False, "context_dim": 32, "use_temporal_resblock": False,
-             "use_temporal_attention": False},
-    "clip": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
-             "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
-             "projection_dim": 32, "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1},
-    "vae": {"kind": "taesd"},
-}
+
+def _tiny_spec() -> dict:
+    from train.sd15 import TINY_SPEC
+
+    return TINY_SPEC
+
+
+TINY_SPEC = _tiny_spec()  # the tiny SD1.5-architecture base (train/sd15.py): 64-channel UNet, tiny CLIP, TAESD
 RES = 32  # training resolution of the tests: latent 4×4, hint 29×29
 
 

@@ -112,3 +112,37 @@ def test_controlnet_starts_as_the_unet_encoder_with_zero_outputs(files):
     out = cm(x=x, hint=torch.rand(1, 3, 29, 29), timesteps=torch.tensor([10.0]), context=torch.randn(1, 77, 32))
     assert all(o.abs().sum() == 0 for o in out["output"] + out["middle"])
     assert json.loads(json.dumps(base.spec)) == TINY_SPEC
+
+
+def test_gradient_checkpointing_toggles_and_keeps_gradients(files):
+    """Checkpointed and plain forward/backward give the same loss and gradients."""
+    from train import sd15
+
+    base = sd15.load_base(files["base"])
+    base.unet.requires_grad_(False)
+    cm = sd15.build_controlnet(base, seed=0)
+    with torch.no_grad():
+        for p in cm.zero_convs.parameters():
+            p.normal_(0, 0.01)
+    ms = base.model.model_sampling
+    lat, noise = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    sigma = ms.sigmas[torch.tensor([100, 800])]
+    ctx, hint = torch.randn(2, 77, 32), torch.rand(2, 3, 29, 29)
+
+    def grads():
+        cm.zero_grad(set_to_none=True)
+        eps = sd15.predict_noise(base.unet, cm, ms, ms.noise_scaling(sigma, noise, lat), sigma, ctx, hint)
+        loss = torch.nn.functional.mse_loss(eps, noise)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in cm.parameters()]
+
+    plain = grads()
+    assert sd15.enable_checkpointing(base.unet, cm) > 10
+    assert sd15.enable_checkpointing(base.unet, cm) == 0  # already on
+    ckpt = grads()
+    n = sd15.disable_checkpointing(base.unet, cm)
+    assert n > 10 and not any("_scg_forward" in m.__dict__ for m in cm.modules())
+    again = grads()
+    for other in (ckpt, again):
+        assert torch.allclose(plain[0], other[0], atol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain[1], other[1]))
