@@ -627,7 +627,7 @@ def _run(a, dist: Dist) -> dict:
             losses.append(loss)
             if dist.main and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr_at(step - 1, a.lr, a.warmup):.2e}", refresh=False)
-            if step % a.log_every == 0 or step == stop_at:
+            if step % a.log_every == 0 or step == stop_at or stop_votes > 0:
                 now = time.time()
                 entry = {"step": step, "loss": sum(losses) / len(losses), "lr": lr_at(step - 1, a.lr, a.warmup),
                          "it_s": len(losses) / max(now - t_log, 1e-9)}

@@ -40,3 +40,34 @@ def test_two_process_gloo_run_matches_one_process(files):
     assert worst < 1e-5, worst
     moved = sum(float((v - 0).abs().sum()) for k, v in ref.items() if k.startswith("zero_convs."))
     assert moved > 0
+
+
+def test_sigterm_stops_after_the_step_and_saves(files):
+    """A scheduler's SIGTERM (or Ctrl-C) ends the run cleanly at a step boundary, state saved."""
+    import signal
+    import time
+
+    root = files["root"] / "sigterm"
+    argv = train_args(files, root / "s.safetensors", "--steps", "100000", "--log-every", "1",
+                      "--no-gradient-checkpointing")
+    env = child_env()
+    env["COMFYUI_PATH"] = str(files["comfyui"])
+    proc = subprocess.Popen([sys.executable, "-m", "train.controlnet", *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = root / "s.log.jsonl"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and sum('"loss"' in x for x in log.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM: stopping after this step" in err and "stopped at step" in err
+    state = torch.load(root / "s.train-state.pt", weights_only=True)
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines() if '"loss"' in x]
+    assert state["step"] == steps[-1] >= 2
