@@ -256,6 +256,9 @@ def check_recipe(r: dict) -> None:
 class Run:
     def __init__(self, recipe: dict, rt: dict, ckpt: dict | None, argv: list[str]):
         self.r, self.rt, self.argv = recipe, rt, argv
+        # the command that started the run (a resumed run keeps it and lists its own resumptions)
+        self.first_argv = list(ckpt["argv"]) if ckpt is not None else list(argv)
+        self.resumes = (list(ckpt.get("resumes", [])) + [list(argv)]) if ckpt is not None else []
         check_recipe(recipe)
         if rt["threads"]:
             torch.set_num_threads(rt["threads"])
@@ -333,7 +336,7 @@ class Run:
                "model": self.trainee.state_dict(), "optimizer": self.opt.state_dict(),
                "scheduler": self.sched.state_dict(), "rng": rng, "skipped_files": sorted(self.skipped),
                "wall_s": self.wall_before + (time.perf_counter() - self.t_start),
-               "argv": self.argv, "world_size": self.d.world_size}
+               "argv": self.first_argv, "resumes": self.resumes, "world_size": self.d.world_size}
         path = os.path.join(self.work_dir, "ckpts", f"step_{self.step:08d}.pt")
         _atomic_torch_save(obj, path)
         for old in checkpoints(self.work_dir)[:-max(1, self.rt["keep"])]:
@@ -359,9 +362,9 @@ class Run:
             with open(self.metrics_path, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
 
-    def command(self) -> str:
+    def command(self, argv=None) -> str:
         launcher = "torchrun --nproc_per_node {} ".format(self.d.world_size) if self.d.enabled else "python "
-        return launcher + "-m train.autoencoder " + shlex.join(self.argv)
+        return launcher + "-m train.autoencoder " + shlex.join(self.first_argv if argv is None else argv)
 
     def write_model(self, final_losses: dict) -> None:
         """The output .safetensors: weights, derived (or given) groups, provenance."""
@@ -380,6 +383,7 @@ class Run:
         ae.set_groups(groups)
         info = {
             "source_format": "train.autoencoder", "command": self.command(), "data": self.images.description,
+            "resumed_with": [self.command(a) for a in self.resumes],
             "steps": self.step, "images_seen": self.step * self.r["batch_size"], "recipe": self.r,
             "world_size": self.d.world_size, "device": str(self.d.device),
             "precision": "bf16-autocast" if self.amp else "fp32", "groups": how,

@@ -80,6 +80,9 @@ def test_stop_and_resume_is_bit_identical(tmp_path):
         for kk in v:
             assert torch.equal(v[kk], sb["optimizer"]["state"][k][kk]), (k, kk)
     assert sa["scheduler"]["last_epoch"] == sb["scheduler"]["last_epoch"]
+    info = __import__("scg_models").load_autoencoder(b).config.info
+    assert "--stop-after 3" in info["command"] and info["resumed_with"][0].endswith("--resume auto --out " + str(b)
+                                                                                   + " --no-progress --threads 1")
     # the metrics file of the resumed run has each step once
     assert [r["step"] for r in _metrics(tmp_path / "b.train")] == list(range(1, 9))
 
