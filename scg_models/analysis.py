@@ -54,6 +54,8 @@ class ModuleTuning:
     colour_dir: list       # per channel: lum / rg / by, the grating colour it answers most
     strength: float        # peak grating response / the strongest module's, 0..1
     kind: str              # colour / oriented / luminance / mixed / weak
+    rot_residual: float = float("nan")    # share of a rotated kernel outside the module's span (mean over angles)
+    shift_residual: float = float("nan")  # the same for sub-stride shifts of 1–2 pixels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,6 +135,7 @@ def module_tuning(ae: ModularAutoencoder, n_orient: int = 16, n_sf: int = 12) ->
     vl = ae.vector_length
     peaks = R.view(ae.n_vector, -1).amax(1)
     strength = peaks / peaks.max().clamp(min=1e-12)
+    rot_res, shift_res = span_residuals(ae)
     out = []
     for i in range(ae.n_vector):
         osis, gosis, prefs, dirs = [], [], [], []
@@ -156,8 +159,46 @@ def module_tuning(ae: ModularAutoencoder, n_orient: int = 16, n_sf: int = 12) ->
                 "luminance" if chroma <= LUMINANCE_MAX_CHROMA else "mixed")
         out.append(ModuleTuning(i, chroma, float(k[i * vl:(i + 1) * vl].pow(2).sum()), osi,
                                 [round(v, 3) for v in osis], sum(gosis) / len(gosis), prefs,
-                                float(sfs[int(sf_curve.argmax())]), dc, dirs, float(strength[i]), kind))
+                                float(sfs[int(sf_curve.argmax())]), dc, dirs, float(strength[i]), kind,
+                                float(rot_res[i]), float(shift_res[i])))
     return out
+
+
+@torch.no_grad()
+def span_residuals(ae: ModularAutoencoder, n_angles: int = 16, shifts=((1, 0), (0, 1), (2, 0), (0, 2), (1, 1), (2, 2)),
+                   pad: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """How closed each module's span is under rotation and sub-stride shifts: n_vector, n_vector.
+
+    Each module's ``vector_length`` kernels are rotated (``n_angles`` angles over 360°, 0 left
+    out) or shifted by 1–2 pixels (kornia, bilinear); the residual is the share of the
+    transformed kernels' energy that no linear combination of the module's own kernels
+    reproduces. 0 means that a vl×vl matrix M(δ) predicts the module's transformed features
+    exactly — the equivariance the training asks for — and is what an isotropic module gets for
+    free; random kernels of size K have residuals near 1.
+    """
+    import kornia
+
+    w = ae.kernel().detach().float().cpu()
+    w = torch.nn.functional.pad(w, (pad,) * 4)
+    C, _, H, W = w.shape
+    vl = ae.vector_length
+    flat = w.reshape(C, 3, H, W)
+
+    def residual(t: torch.Tensor) -> torch.Tensor:   # t: C×3×H×W transformed kernels
+        out = []
+        for i in range(ae.n_vector):
+            B = flat[i * vl:(i + 1) * vl].reshape(vl, -1)
+            T = t[i * vl:(i + 1) * vl].reshape(vl, -1)
+            proj = T @ torch.linalg.pinv(B) @ B
+            e = T.pow(2).sum()
+            out.append(float((T - proj).pow(2).sum() / e) if float(e) > 0 else 0.0)
+        return torch.tensor(out)
+
+    angles = [360.0 * k / n_angles for k in range(1, n_angles)]
+    rot = torch.stack([residual(kornia.geometry.transform.rotate(flat, torch.full((C,), a))) for a in angles]).mean(0)
+    sh = torch.stack([residual(kornia.geometry.transform.translate(flat, torch.tensor([list(d)] * C, dtype=torch.float32)))
+                      for d in shifts]).mean(0)
+    return rot, sh
 
 
 def summary(tunings: list[ModuleTuning]) -> dict:
@@ -171,6 +212,8 @@ def summary(tunings: list[ModuleTuning]) -> dict:
         "oriented_osis": sorted((round(t.osi, 2) for t in live if t.osi >= ORIENTED_MIN_OSI), reverse=True),
         "mean_osi": sum(t.osi for t in live) / len(live),
         "weak_modules": sum(t.kind == "weak" for t in tunings),
+        "mean_rot_residual": sum(t.rot_residual for t in live) / len(live),
+        "mean_shift_residual": sum(t.shift_residual for t in live) / len(live),
         "kinds": {k: sum(t.kind == k for t in tunings) for k in ("colour", "oriented", "luminance", "mixed", "weak")},
     }
 

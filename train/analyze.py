@@ -32,10 +32,12 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 
 def table(tunings) -> str:
-    rows = [f"{'mod':>3} {'type':<9} {'chroma':>6} {'OSI':>5} {'gOSI':>5} {'sf c/px':>7} {'str.':>4}  "
+    rows = [f"{'mod':>3} {'type':<9} {'chroma':>6} {'OSI':>5} {'gOSI':>5} {'sf c/px':>7} {'str.':>4} "
+            f"{'rot.r':>5} {'sh.r':>5}  "
             f"{'channel OSIs':<23} {'pref. orientations (deg)':<24} colour"]
     for t in tunings:
-        rows.append(f"{t.module:>3} {t.kind:<9} {t.chroma:>6.2f} {t.osi:>5.2f} {t.gosi:>5.2f} {t.pref_sf:>7.3f} {t.strength:>4.2f}  "
+        rows.append(f"{t.module:>3} {t.kind:<9} {t.chroma:>6.2f} {t.osi:>5.2f} {t.gosi:>5.2f} {t.pref_sf:>7.3f} {t.strength:>4.2f} "
+                    f"{t.rot_residual:>5.2f} {t.shift_residual:>5.2f}  "
                     f"{' '.join(f'{v:.2f}' for v in t.osi_channels):<23} "
                     f"{' '.join(f'{v:.0f}' for v in t.pref_orientation):<24} {','.join(t.colour_dir)}")
     return "\n".join(rows)
@@ -50,6 +52,8 @@ def summary_lines(name: str, s: dict) -> dict[str, str]:
         "their OSIs": ",".join(f"{v:.2f}" for v in s["oriented_osis"]) or "-",
         "mean module OSI": f"{s['mean_osi']:.2f}",
         f"weak modules (strength < {WEAK_MAX_STRENGTH})": str(s["weak_modules"]),
+        "span residual under rotation (mean, not weak)": f"{s['mean_rot_residual']:.3f}",
+        "span residual under 1-2 px shifts (mean)": f"{s['mean_shift_residual']:.3f}",
         "types colour/oriented/luminance/mixed/weak": "/".join(str(s["kinds"][k]) for k in
                                                                ("colour", "oriented", "luminance", "mixed", "weak")),
     }
@@ -106,15 +110,30 @@ def tuning_png(ae, tunings, title: str) -> "Image":
     return out
 
 
+def load_model(path: str):
+    """An autoencoder file, or a train.autoencoder checkpoint (to watch a run as it trains)."""
+    from .autoencoder import CKPT_FORMAT, build_models
+
+    if path.endswith(".pt"):
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(ck, dict) and ck.get("format") == CKPT_FORMAT:
+            ae, _ = build_models(ck["recipe"])
+            ae.load_state_dict({k[3:]: v for k, v in ck["model"].items() if k.startswith("ae.")})
+            ae.config.info = {"steps": ck["step"], "command": "checkpoint " + path}
+            return ae.eval().requires_grad_(False)
+    return scg_models.load_autoencoder(path)
+
+
 def analyze(path: str) -> tuple:
-    ae = scg_models.load_autoencoder(path)
+    ae = load_model(path)
     tunings = module_tuning(ae)
     return ae, tunings, summary(tunings)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.analyze", description=__doc__.split("\n\n")[0])
-    p.add_argument("models", nargs="+", help="autoencoder files (any format scg_models reads)")
+    p.add_argument("models", nargs="+", help="autoencoder files (any format scg_models reads) or "
+                   "train.autoencoder checkpoints (.pt)")
     p.add_argument("--png", help="tuning-curve PNG (default: <model>.tuning.png next to each model; "
                    "with several models, a suffix per model)")
     p.add_argument("--no-png", action="store_true", help="write no PNG")

@@ -296,6 +296,10 @@ class Run:
             torch.set_rng_state(ckpt["rng"]["torch"])
             if dev.type == "cuda" and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], dev)
+        ae = self.trainee.ae
+        if recipe["crop"] < ae.kernel_size + 3 * ae.stride:
+            raise SystemExit(f"--crop {recipe['crop']}: too small for the {ae.kernel_size}×{ae.kernel_size} kernel "
+                             f"at stride {ae.stride}; use at least {ae.kernel_size + 3 * ae.stride}")
         self.model = distributed.wrap(self.trainee, self.d)
         self.forward = torch.compile(self.model) if rt["compile"] else self.model
 
@@ -430,7 +434,7 @@ class Run:
             for batch in loader:
                 s = batch["step"]
                 assert s == self.step, (s, self.step)
-                for j, why in batch["bad"].items():
+                for j in {**batch["bad"], **self.images.bad}:  # loader workers' finds and this process's
                     self.skipped.add(self.images.name(j))
                 x = batch["images"].to(d.device, non_blocking=True)
                 tr = self.batches.transforms(s, d.device)

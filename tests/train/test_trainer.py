@@ -134,3 +134,13 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path):
     state = torch.load(ck[0], weights_only=True)
     assert state["step"] >= 2
     assert not out.exists()
+
+
+def test_bad_settings_are_clear_errors(tmp_path):
+    out = str(tmp_path / "m.safetensors")
+    with pytest.raises(SystemExit, match="--crop 24: too small"):
+        trainer.main(TINY + ["--steps", "1", "--crop", "24", "--out", out])
+    with pytest.raises(SystemExit, match="--passes"):
+        trainer.main(TINY + ["--steps", "1", "--passes", "scale", "--out", out])
+    with pytest.raises(SystemExit, match="--out FILE.safetensors is required"):
+        trainer.main(TINY + ["--steps", "1"])
