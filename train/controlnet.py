@@ -65,6 +65,14 @@ class Dist:
         out = distributed.mean_dict({i: float(v) for i, v in enumerate(values)}, self._d)
         return [out[i] * self.world for i in range(len(values))]
 
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
     def gather(self, obj) -> list:
         if self.world == 1:
             return [obj]
@@ -215,14 +223,14 @@ class Trainer:
         return F.mse_loss(eps.float(), noise.float())
 
     # one optimiser step ----------------------------------------------------------------
-    def step(self, batches: list[dict], lr: float, prepared: list | None = None) -> float:
+    def step(self, batches: list[dict], lr: float) -> float:
         """Forward/backward over ``batches`` (gradient accumulation), then one AdamW step."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
-        n = len(batches) if prepared is None else len(prepared)
+        n = len(batches)
         for i in range(n):
-            inputs = prepared[i] if prepared is not None else self.inputs(batches[i])
+            inputs = self.inputs(batches[i])
             sync = i == n - 1 or self.net is self.controlnet
             with contextlib.nullcontext() if sync else self.net.no_sync():
                 loss = self.loss(*inputs)
@@ -261,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--modules", required=True, help="module selection of the hint: HC0, HC2+HC3, 0,1,4 ...")
     g.add_argument("--data", required=True, help="folder of images (with same-named .txt captions)")
     g.add_argument("--captions", help="COCO-style captions JSON (file_name relative to --data)")
+    g.add_argument("--init-controlnet", metavar="FILE",
+                   help="fine-tune: start from this SD1.5 ControlNet (ours, the authors' .ckpt, or any ldm-layout "
+                        "ControlNet) instead of the UNet's encoder")
     g.add_argument("--out", required=True, help="output ControlNet .safetensors (e.g. models/controlnet/NAME.safetensors)")
     g = ap.add_argument_group("recipe (defaults: the authors')")
     g.add_argument("--steps", type=int, help="optimiser steps (default: 5 epochs of the data, as the authors)")
@@ -473,13 +484,24 @@ def _run(a, dist: Dist) -> dict:
     if a.resolution % base.latent_factor:
         raise SCGError(f"--resolution {a.resolution}: must be a multiple of {base.latent_factor} for this UNet")
     controlnet = sd15.build_controlnet(base, seed=a.seed)
+    init_from = None
+    if a.init_controlnet:  # fine-tune: start from an existing ControlNet instead of the UNet's encoder
+        start = formats.load_controlnet_file(a.init_controlnet).state_dict
+        own = controlnet.state_dict()
+        bad = sorted(set(own) ^ set(start)) + [k for k in own if k in start and own[k].shape != start[k].shape]
+        if bad:
+            raise SCGError(f"--init-controlnet: {a.init_controlnet} does not fit this base's ControlNet "
+                           f"(first mismatching key: {bad[0]})")
+        controlnet.load_state_dict({k: v.float() for k, v in start.items()})
+        init_from = _file_identity(a.init_controlnet)
     latent_hw = a.resolution // 8
     if sd15.hint_block_size(hint_hw, controlnet) != (latent_hw, latent_hw):
         raise SCGError(f"the autoencoder's hint at {a.resolution}px is {hint_hw[0]}×{hint_hw[1]}; the ControlNet's "
                        f"hint block turns that into {sd15.hint_block_size(hint_hw, controlnet)}, not the latent size "
                        f"{latent_hw}×{latent_hw}; pick another --resolution")
     # data
-    index = scan(a.data, a.captions, check=True)
+    index = scan(a.data, a.captions, check=True) if dist.main else None
+    index = dist.broadcast(index)  # every rank trains on rank 0's view of the folder
     workers = a.workers if a.workers is not None else min(8, max(1, (os.cpu_count() or 2) // max(1, dist.world)))
     skipped = dict(index.skipped)
     cache = None
@@ -501,7 +523,7 @@ def _run(a, dist: Dist) -> dict:
               "batch_size": a.batch_size, "grad_accum": a.grad_accum, "world": dist.world, "seed": a.seed,
               "lr": a.lr, "warmup": a.warmup, "weight_decay": a.weight_decay, "max_grad_norm": a.max_grad_norm,
               "precision": precision, "caption_dropout": a.caption_dropout, "data": index.fingerprint(),
-              "samples": a.samples, "precompute": bool(a.precompute)}
+              "samples": a.samples, "precompute": bool(a.precompute), "init": init_from}
     trainer = Trainer(base, ae, modules, controlnet, device=device, precision=precision,
                       checkpointing=a.gradient_checkpointing, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed,
                       caption_dropout=a.caption_dropout, max_grad_norm=a.max_grad_norm, ddp=dist.world > 1)
@@ -586,6 +608,7 @@ def _run(a, dist: Dist) -> dict:
                              "how": "ae.hint(image centre-cropped and resized to the generation size), raw, "
                                     "fed to the hint block without resizing"},
                     "base": os.path.basename(a.base), "steps": step, "images": len(usable),
+                    "init": os.path.basename(a.init_controlnet) if a.init_controlnet else "unet-encoder",
                     "batch_size": a.batch_size, "grad_accum": a.grad_accum, "world_size": dist.world,
                     "lr": a.lr, "precision": precision, "caption_dropout": a.caption_dropout,
                     "captions": index.caption_source}

@@ -129,3 +129,24 @@ def test_bf16_autocast_path_runs(files):
     assert all(v.dtype == torch.float16 for k, v in w.items() if not k.startswith("scg_autoencoder."))
     assert torch.isfinite(w["middle_block_out.0.weight"].float()).all()
     assert w["middle_block_out.0.weight"].abs().sum() > 0
+
+
+def test_fine_tune_starts_from_a_given_controlnet(trained, files, tmp_path):
+    from safetensors.torch import save_file
+
+    from scg_models import SCGError
+
+    src, _ = trained
+    out = tmp_path / "ft.safetensors"
+    s = run_train(train_args(files, out, "--steps", "5", "--stop-after", "0", "--init-controlnet", str(src)))
+    assert s["step"] == 0
+    start = torch.load(tmp_path / "ft.train-state.pt", weights_only=True)["controlnet"]
+    given = load_file(str(src))
+    assert all(torch.equal(v, given[k].float()) for k, v in start.items())
+    with safe_open(str(out), "pt") as fh:
+        assert json.loads(fh.metadata()["scg_controlnet"])["init"] == src.name
+    broken = {k: v for k, v in given.items() if k != "zero_convs.1.0.bias"}
+    save_file(broken, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(SCGError, match="does not fit this base's ControlNet .*zero_convs.1.0.bias"):
+        run_train(train_args(files, tmp_path / "x.safetensors", "--steps", "1", "--init-controlnet",
+                             str(tmp_path / "broken.safetensors")))
