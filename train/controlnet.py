@@ -366,7 +366,7 @@ def precompute(base, index, resolution: int, folder: str, key: dict, dist: Dist,
         return cache, {index.paths[i]: "could not be decoded (at precompute)" for i in np.flatnonzero(ok == 0)}
     texts = [""] + sorted(set(index.captions) - {""})
     row = {c: r for r, c in enumerate(texts)}
-    f = base.latent_factor // 2 ** (len(base.unet_config["channel_mult"]) - 1)
+    f = int(base.vae.spacial_compression_encode())  # 8 for SD1.5
     if dist.main:
         cache.create(len(index), (4, resolution // f, resolution // f), len(texts), (77, base.context_dim))
         cache.write("text_row", slice(None), np.array([row[c] for c in index.captions], dtype=np.int32))
