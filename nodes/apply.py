@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..scg_models import SCGError
 from .common import (CATEGORY, GAINS_TOOLTIP, MODULES_TOOLTIP, HintSource, ScgAutoencoderType,
                      image_to_nchw, resolve_selection)
-from .scg_controlnet import SCGControlNet, compute_dtype
+from .scg_controlnet import ExactHintModel, SCGControlNet, compute_dtype
 
 
 def check_control_net(control_net) -> None:
@@ -17,7 +17,8 @@ def check_control_net(control_net) -> None:
         raise SCGError(f"control_net: SCG needs an image ControlNet (SD1.5 layout); got {type(control_net).__name__}. "
                        "Load it with 'Load SCG ControlNet' or 'Load ControlNet Model'.")
     model = control_net.control_model
-    model = getattr(model, "model", model) if not hasattr(model, "input_hint_block") else model
+    if isinstance(model, ExactHintModel):
+        model = model.model
     block = getattr(model, "input_hint_block", None)
     if block is None or control_net.latent_format is not None:
         raise SCGError("control_net: this ControlNet takes a latent, not an image hint; SCG needs an SD1.5 "

@@ -66,10 +66,20 @@ class SCGAutoencoder:
         if dtype not in _HALF_TYPES:
             dtype = torch.float32  # e.g. fp8 weights: compute in fp32
         if dtype not in self._patchers:
-            model = self.ae if dtype == torch.float32 else copy.deepcopy(self.ae).to(dtype)
+            model = self.ae if dtype == torch.float32 else self._copy(dtype)
             self._patchers[dtype] = comfy.model_patcher.ModelPatcher(
                 model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
         return self._patchers[dtype]
+
+    def _copy(self, dtype: torch.dtype) -> ModularAutoencoder:
+        """A fresh autoencoder with these weights in ``dtype`` on the offload device.
+
+        Built anew rather than deep-copied: a deep copy would also copy the bookkeeping
+        ComfyUI's ModelPatcher keeps on the module (its device, loaded bytes).
+        """
+        ae = ModularAutoencoder(copy.deepcopy(self.ae.config))
+        ae.load_state_dict(self.ae.state_dict())
+        return ae.to(device=mm.unet_offload_device(), dtype=dtype).eval().requires_grad_(False)
 
     def __repr__(self):
         return f"SCGAutoencoder({self.name!r}, {self.ae.extra_repr()})"

@@ -66,7 +66,7 @@ class HypercolumnExtract(io.ComfyNode):
         source = HintSource(scg_autoencoder, mods, gain_list, torch.float32)
         batch, _, height, width = images.shape
         mm.load_models_gpu([source.patcher], memory_required=BYTES_PER_PIXEL * height * width, force_full_load=True)
-        device = source.patcher.load_device
+        model, device = loaded_module(source.patcher)
         step = chunk_size(batch, height, width, device, grid != "off")
         bar = comfy.utils.ProgressBar(batch)
         hints, previews, grids = [], [], []
@@ -79,7 +79,7 @@ class HypercolumnExtract(io.ComfyNode):
                 hint = source(x)
                 sheet = None
                 if grid != "off":
-                    sheet = to_image(group_grid(loaded_module(source.patcher)[0], x, labels=grid == "labelled"))
+                    sheet = to_image(group_grid(model, x, labels=grid == "labelled"))
             except _OOM:
                 if step == 1:
                     raise

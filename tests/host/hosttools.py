@@ -104,10 +104,19 @@ def make_images(batch: int = 1, height: int = 64, width: int = 64, seed: int = 4
 
 
 def sample(model, positive, negative, latent: torch.Tensor, steps: int = 3, seed: int = 0, cfg: float = 4.0):
-    """KSampler (euler, normal) through core's common_ksampler, under inference mode as the host runs it."""
-    with torch.inference_mode():
-        out = nodes.common_ksampler(model, seed, steps, cfg, "euler", "normal", positive, negative,
-                                    {"samples": latent})[0]
+    """KSampler (euler, normal) through core's common_ksampler, under inference mode as the host runs it.
+
+    Subnormal floats are flushed meanwhile: random tiny weights produce some, and they make
+    CPU arithmetic many times slower (real checkpoints do not).
+    """
+    flushing = torch.set_flush_denormal(True)
+    try:
+        with torch.inference_mode():
+            out = nodes.common_ksampler(model, seed, steps, cfg, "euler", "normal", positive, negative,
+                                        {"samples": latent})[0]
+    finally:
+        if flushing:
+            torch.set_flush_denormal(False)
     return out["samples"]
 
 
@@ -153,13 +162,16 @@ class FakeServer:
         pass
 
 
-def execute_prompt(host, prompt: dict):
-    """Validate and run an API-format prompt in-process; returns the executor (check ``.success``)."""
+def execute_prompt(host, prompt: dict, ex=None):
+    """Validate and run an API-format prompt in-process; returns the executor (check ``.success``).
+
+    Pass the executor of an earlier run to run again with its caches, as the server does.
+    """
     prompt_id = str(uuid.uuid4())
     ok, err, outputs, node_errors = asyncio.run(host.execution.validate_prompt(prompt_id, prompt, None))
     assert ok, (err, node_errors)
-    ex = host.execution.PromptExecutor(FakeServer(), cache_type=host.execution.CacheType.CLASSIC,
-                                       cache_args={"lru": 0, "ram": 0})
+    ex = ex or host.execution.PromptExecutor(FakeServer(), cache_type=host.execution.CacheType.CLASSIC,
+                                             cache_args={"lru": 0, "ram": 0})
     ex.execute(copy.deepcopy(prompt), prompt_id, {}, outputs)
     return ex
 

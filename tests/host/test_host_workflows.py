@@ -111,3 +111,19 @@ def test_hypercolumn_preview_runs_end_to_end(host, stand_in_files):
         assert not torch.allclose(hints[f"HC0+HC1, {label}"], base)
     preview = node_output(ex, extracts["HC0+HC1, colour ×2"], 1)
     assert torch.allclose(preview, minmax(hints["HC0+HC1, colour ×2"].movedim(-1, 1)).movedim(1, -1))
+
+
+def test_autoencoder_is_loaded_once_across_runs(host, stand_in_files):
+    prompt = ui_to_api(load(host, "hypercolumn_preview"), host.nodes.NODE_CLASS_MAPPINGS)
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "LoadSCGAutoencoder")
+
+    def cached(ex):
+        return {n for event, data in ex.status_messages if event == "execution_cached" for n in data["nodes"]}
+
+    ex = execute_prompt(host, prompt)
+    first = node_output(ex, loader, 0)
+    ex = execute_prompt(host, prompt, ex)
+    assert ex.success and loader in cached(ex) and node_output(ex, loader, 0) is first
+    save_authors_pth(random_ae(seed=22), host.dirs.models["scg"] / "equ_nv16_vl4_rn1_Bipolar_norm.pth")
+    ex = execute_prompt(host, prompt, ex)  # the file changed: loaded again
+    assert ex.success and loader not in cached(ex) and node_output(ex, loader, 0) is not first

@@ -1,0 +1,180 @@
+"""Speed and memory of SCGControlApply against core's Apply ControlNet, side by side in one run.
+
+    python bench/nodes_bench.py [--size 512] [--steps 20] [--repeats 5] [--modules HC0] [--cpu]
+
+Both paths run the same tiny SD1.5-architecture graph in a real ComfyUI (found like the
+host tests find it): Apply node → KSampler (euler, CFG 7) at size×size.
+
+* core: HypercolumnExtract's hint computed once beforehand, fed to core's Apply ControlNet;
+* SCG:  SCGControlApply on the ordinary image (extraction inside the sampling run).
+
+Runs alternate (core, SCG, SCG, core, ...) so both see the same machine load; the figures
+are medians. Printed: the time ratio SCG/core (target ≤ 1.05), the autoencoder's peak
+memory on top while it makes the hint inside sampling (target ≤ 50 MB at 512×512), and
+how far core's path (hint resized 509 → 512) lands from SCG's exact one.
+
+The UNet here is tiny, so the extraction weighs far more against it than against a real
+SD1.5 UNet: the ratio is an upper bound of what a real model sees.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_host(cpu: bool):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from find_host import find_host
+
+    host = find_host()
+    if host is None:
+        sys.exit("no ComfyUI host found ($COMFYUI_PATH, the ComfyUI holding this folder, ~/comfy/ComfyUI)")
+    sys.path.insert(0, str(host))
+    sys.path.append(str(ROOT))
+    sys.path.append(str(ROOT / "tests" / "host"))
+    from comfy.cli_args import args
+
+    import torch
+    args.cpu = cpu or not torch.cuda.is_available()
+    # SDPA attention on the CPU too (ComfyUI's CPU default is a slower chunked attention): a faster
+    # UNet makes the extraction weigh more, so the ratio below is, if anything, pessimistic
+    args.use_pytorch_cross_attention = True
+    import asyncio
+
+    import nodes
+    assert asyncio.run(nodes.load_custom_node(str(ROOT), module_parent="custom_nodes"))
+    return host, nodes, sys.modules[str(ROOT).replace(".", "_x_")]
+
+
+def peak_memory(fn, device):
+    """(result, peak bytes allocated on top of what was live before) of ``fn()``."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        out = fn()
+        torch.cuda.synchronize()
+        return out, torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    cur = peak = 0
+    for _, nbytes in events:
+        cur += nbytes
+        peak = max(peak, cur)
+    return out, peak
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (on a CPU try 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of each path (on a CPU try 3)")
+    p.add_argument("--modules", default="HC0")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is there")
+    a = p.parse_args(argv)
+
+    host, nodes, pack = setup_host(a.cpu)
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import comfy.model_management as mm
+    import comfy.utils
+    from hosttools import conditioning, random_ae, tiny_controlnet, tiny_unet
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    # random tiny weights drive some activations into subnormal floats, which are many times slower on
+    # CPUs and would swamp what is measured here; real checkpoints do not do this
+    flush = torch.set_flush_denormal(True)
+    device = mm.get_torch_device()
+    unet = tiny_unet()
+    cn = tiny_controlnet(unet)
+    scg_ae = pack.nodes.common.SCGAutoencoder(random_ae(seed=0), "bench")
+    pos, neg = conditioning()
+    img = Image.open(ROOT / "workflows" / "scg_example.jpg").convert("RGB").resize((a.size, a.size))
+    image = torch.from_numpy(np.asarray(img).copy()).float().div(255)[None]
+    latent = {"samples": torch.zeros(1, 4, a.size // 8, a.size // 8)}
+    K = nodes.NODE_CLASS_MAPPINGS
+    sampler = K["KSampler"]()
+
+    def ksample(p_, n_):
+        return sampler.sample(unet, 0, a.steps, 7.0, "euler", "normal", p_, n_, latent)[0]["samples"]
+
+    with torch.inference_mode():
+        hint = K["HypercolumnExtract"].execute(image=image, scg_autoencoder=scg_ae, modules=a.modules, gains="",
+                                               grid="off").args[0]
+
+        def core_path():
+            c = K["ControlNetApplyAdvanced"]().apply_controlnet(pos, neg, cn, hint, 1.0, 0.0, 1.0)
+            return ksample(*c)
+
+        def scg_path():
+            c = K["SCGControlApply"].execute(positive=pos, negative=neg, control_net=cn, image=image, strength=1.0,
+                                             start_percent=0.0, end_percent=1.0, scg_autoencoder=scg_ae,
+                                             modules=a.modules, gains="").args
+            return ksample(*c)
+
+        print(f"ComfyUI {host} · {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'} · "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads, subnormals flushed: {flush}")
+        print(f"tiny SD1.5-architecture UNet/ControlNet, {a.size}×{a.size}, {a.steps} euler steps, CFG 7, "
+              f"modules {a.modules}, hint {tuple(hint.shape[1:3])}")
+        x_none = ksample(pos, neg)
+        x_core, x_scg = core_path(), scg_path()  # warm-up (and the outputs compared below)
+        t_core, t_scg = [], []
+        for r in range(a.repeats):
+            pair = ((core_path, t_core), (scg_path, t_scg))
+            for fn, acc in (pair if r % 2 == 0 else pair[::-1]):  # ABBA: neither path always goes first
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                acc.append(time.perf_counter() - t0)
+        mc, ms = statistics.median(t_core), statistics.median(t_scg)
+        print(f"core Apply ControlNet (precomputed hint): {mc * 1000:9.1f} ms/run median, {min(t_core) * 1000:9.1f} "
+              f"fastest of {a.repeats}")
+        print(f"SCGControlApply (extracts in the run):    {ms * 1000:9.1f} ms/run median, {min(t_scg) * 1000:9.1f} "
+              "fastest")
+        print(f"time ratio SCG / core: {ms / mc:.3f} (medians), {min(t_scg) / min(t_core):.3f} (fastest runs)   "
+              "(target ≤ 1.05)")
+
+        # the extraction as sampling does it (SCGControlNet's hint hook), alone: time and memory on top
+        resized = torch.zeros(1, 3, a.size, a.size)
+        for modules in dict.fromkeys([a.modules, "all"]):
+            c = K["SCGControlApply"].execute(positive=pos, negative=neg, control_net=cn, image=image, strength=1.0,
+                                             start_percent=0.0, end_percent=1.0, scg_autoencoder=scg_ae,
+                                             modules=modules, gains="").args[0][0][1]["control"]
+            mm.load_models_gpu(c.get_models())
+            c._scg_hint(resized)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(5):
+                c._scg_hint(resized)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t_ext = (time.perf_counter() - t0) / 5
+            out, peak = peak_memory(lambda: c._scg_hint(resized), device)
+            print(f"extraction of {modules} at {a.size}×{a.size}: {t_ext * 1000:.1f} ms "
+                  f"({t_ext / ms * 100:.2f}% of an SCG run here); autoencoder peak memory on top "
+                  f"{peak / 2**20:.1f} MB (target ≤ 50 MB; the padded hint itself "
+                  f"{out.numel() * out.element_size() / 2**20:.1f} MB)")
+        effect = (x_scg - x_none).norm().item()
+        rel = (x_core - x_scg).norm().item() / effect
+        print(f"core path (hint resized {hint.shape[1]}→{a.size}) vs SCGControlApply: |Δ| / |control effect| = "
+              f"{rel:.4f}")
+
+
+if __name__ == "__main__":
+    main()
