@@ -70,6 +70,8 @@ def cmd_extract(a) -> None:
         def tqdm(it, **_):
             return it
     written = 0
+    if a.grid:
+        from .grid import group_grid
     for p in tqdm(paths, desc="extract", unit="img", disable=len(paths) < 2):
         try:
             img = Image.open(p)
@@ -78,12 +80,18 @@ def cmd_extract(a) -> None:
             print(f"skipped {p}: {e}", file=sys.stderr)
             continue
         x = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        if a.grid:
+            sheet = group_grid(ae, x, [g for g in groups if g in ae.groups] or None)[0]
+            arr = (sheet.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            Image.fromarray(arr).save(Path(a.output) / f"{p.stem}_groups.png")
+            written += 1
         for name, mods in selections:
             prev = ae.preview(x, mods, a.gains or None)[0]
             arr = (prev.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
             Image.fromarray(arr).save(Path(a.output) / f"{p.stem}_{name.replace('+', '_').replace(',', '_')}.png")
             written += 1
-    print(f"wrote {written} previews ({len(paths)} images × {len(selections)} groups) to {a.output}")
+    print(f"wrote {written} PNGs ({len(paths)} images × {len(selections)} groups"
+          f"{' + a sheet of all groups each' if a.grid else ''}) to {a.output}")
 
 
 def cmd_bench(a) -> None:
@@ -110,6 +118,7 @@ def main(argv=None) -> int:
     e.add_argument("--groups", help="comma-separated groups, e.g. HC0,HC3 (default: all groups)")
     e.add_argument("--gains", help="per-module gains, e.g. 0:1.5,4:0.5")
     e.add_argument("--model", help=f"autoencoder file (default: {DEFAULT_MODEL.name}, shipped)")
+    e.add_argument("--grid", action="store_true", help="also write one sheet of every group per image")
     e.add_argument("-o", "--output", required=True, help="output folder")
     b = sub.add_parser("bench", help="ms/image of hint extraction, ours vs the authors' way")
     b.add_argument("--size", type=int, default=512)

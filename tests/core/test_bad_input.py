@@ -151,10 +151,13 @@ def test_cli_extract_and_errors(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "scg_models", "extract", str(tmp_path / "img0.png"),
                         str(tmp_path / "img1.png"), str(tmp_path / "broken.png"), "--groups", "HC0,HC3",
-                        "--model", str(model), "-o", str(out)], cwd=ROOT, capture_output=True, text=True)
+                        "--model", str(model), "--grid", "-o", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "skipped" in r.stderr and "broken.png" in r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["img0_HC0.png", "img0_HC3.png", "img1_HC0.png", "img1_HC3.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "img0_HC0.png", "img0_HC3.png", "img0_groups.png", "img1_HC0.png", "img1_HC3.png", "img1_groups.png"]
+    sheet = np.asarray(Image.open(out / "img0_groups.png"))
+    assert sheet.shape == (45, 3 * 37 + 2 * 4, 3)  # input, HC0, HC3 side by side
     prev = np.asarray(Image.open(out / "img0_HC3.png"))
     assert prev.shape == (45, 37, 3) and prev.min() == 0 and prev.max() == 255
     r = subprocess.run([sys.executable, "-m", "scg_models", "extract", str(tmp_path / "img0.png"), "--groups", "HC99",
