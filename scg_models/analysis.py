@@ -10,7 +10,7 @@ Measures, per module (``vector_length`` channels):
   *chroma fraction* is the opponent share of the energy (0: pure luminance, 1: pure colour);
 * drifting gratings: F1 response amplitude of every channel to sinusoidal gratings
   (luminance, red–green and blue–yellow) at ``n_orient`` orientations × ``n_sf`` spatial
-  frequencies × 8 phases, at the centre of a receptive field (exactly the encoder's output
+  frequencies (1/48 … 0.5 c/px) × 8 phases, at the centre of a receptive field (exactly the encoder's output
   for that cell, activation included). Each channel is read in its strongest colour
   direction, at its preferred spatial frequency;
 * orientation selectivity index per channel, ``OSI = (R_pref − R_orth)/(R_pref + R_orth)``,
@@ -76,7 +76,8 @@ def colour_energy(ae: ModularAutoencoder) -> torch.Tensor:
     return e.view(ae.n_vector, ae.vector_length, 3).sum(1)
 
 
-def sf_grid(n_sf: int = 12, lo: float = 1 / 48, hi: float = 0.4) -> torch.Tensor:
+def sf_grid(n_sf: int = 12, lo: float = 1 / 48, hi: float = 0.5) -> torch.Tensor:
+    """Log-spaced spatial frequencies (cycles/pixel) up to the pixel grid's Nyquist frequency."""
     return torch.logspace(math.log10(lo), math.log10(hi), n_sf)
 
 

@@ -136,6 +136,9 @@ def _atomic_torch_save(obj, path: str) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
