@@ -208,6 +208,9 @@ def _atomic_save(tensors: dict, path: str, metadata: dict[str, str]) -> None:
     os.close(fd)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is as readable as any other
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -43,6 +43,9 @@ def test_canonical_round_trip_exact(tmp_path, gonlin, kw):
     for key in ("gonlin", "n_vector", "vector_length", "stride", "padding", "activation", "mean", "std", "groups"):
         assert key in meta
     assert not list(tmp_path.glob(".tmp-*")), "temporary file left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_authors_pth(tmp_path):
