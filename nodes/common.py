@@ -35,7 +35,7 @@ GAINS_TOOLTIP = ("Optional per-module gains applied to the features before decod
                  "(0:1.5,4:0.5), or one number for every selected module (1.5). Empty: all 1. Scaling the colour "
                  "modules up or down changes saturation/contrast in the result.")
 
-_HALF_TYPES = (torch.float16, torch.bfloat16, torch.float32)
+_COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def register_model_folder() -> str:
@@ -63,7 +63,7 @@ class SCGAutoencoder:
         self._patchers: dict[torch.dtype, comfy.model_patcher.ModelPatcher] = {}
 
     def patcher(self, dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
-        if dtype not in _HALF_TYPES:
+        if dtype not in _COMPUTE_DTYPES:
             dtype = torch.float32  # e.g. fp8 weights: compute in fp32
         if dtype not in self._patchers:
             model = self.ae if dtype == torch.float32 else self._copy(dtype)

@@ -107,9 +107,13 @@ def sample(model, positive, negative, latent: torch.Tensor, steps: int = 3, seed
     """KSampler (euler, normal) through core's common_ksampler, under inference mode as the host runs it.
 
     Subnormal floats are flushed meanwhile: random tiny weights produce some, and they make
-    CPU arithmetic many times slower (real checkpoints do not).
+    CPU arithmetic many times slower (real checkpoints do not). The flag is per thread, so
+    the CPU work runs on this one thread meanwhile.
     """
+    threads = torch.get_num_threads()
     flushing = torch.set_flush_denormal(True)
+    if flushing and mm.get_torch_device().type == "cpu":
+        torch.set_num_threads(1)
     try:
         with torch.inference_mode():
             out = nodes.common_ksampler(model, seed, steps, cfg, "euler", "normal", positive, negative,
@@ -117,6 +121,7 @@ def sample(model, positive, negative, latent: torch.Tensor, steps: int = 3, seed
     finally:
         if flushing:
             torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
     return out["samples"]
 
 

@@ -145,7 +145,7 @@ def test_matches_core_apply_fed_with_hypercolumn_extract(unet, cn, ae, scg_ae, a
     rel = (x_core - x_scg).norm().item() / effect
     with capsys.disabled():
         print(f"\n[SCG] 256×256, 2 steps: |core(HypercolumnExtract) − SCGControlApply| / |control effect| = {rel:.4f}")
-    assert effect > 1e-3 and rel < 0.1
+    assert effect > 1e-3 and rel < 0.02  # measured 0.003 (256×256) and 0.0036 (512×512, bench)
 
 
 def test_two_scg_controls_chain_and_both_act(unet, cn, ae, scg_ae, apply):
