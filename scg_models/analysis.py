@@ -197,8 +197,8 @@ def span_residuals(ae: ModularAutoencoder, n_angles: int = 16, shifts=((1, 0), (
 
     angles = [360.0 * k / n_angles for k in range(1, n_angles)]
     rot = torch.stack([residual(kornia.geometry.transform.rotate(flat, torch.full((C,), a))) for a in angles]).mean(0)
-    sh = torch.stack([residual(kornia.geometry.transform.translate(flat, torch.tensor([list(d)] * C, dtype=torch.float32)))
-                      for d in shifts]).mean(0)
+    move = kornia.geometry.transform.translate
+    sh = torch.stack([residual(move(flat, torch.tensor([list(d)] * C, dtype=torch.float32))) for d in shifts]).mean(0)
     return rot, sh
 
 

@@ -36,7 +36,8 @@ def table(tunings) -> str:
             f"{'rot.r':>5} {'sh.r':>5}  "
             f"{'channel OSIs':<23} {'pref. orientations (deg)':<24} colour"]
     for t in tunings:
-        rows.append(f"{t.module:>3} {t.kind:<9} {t.chroma:>6.2f} {t.osi:>5.2f} {t.gosi:>5.2f} {t.pref_sf:>7.3f} {t.strength:>4.2f} "
+        rows.append(f"{t.module:>3} {t.kind:<9} {t.chroma:>6.2f} {t.osi:>5.2f} {t.gosi:>5.2f} {t.pref_sf:>7.3f} "
+                    f"{t.strength:>4.2f} "
                     f"{t.rot_residual:>5.2f} {t.shift_residual:>5.2f}  "
                     f"{' '.join(f'{v:.2f}' for v in t.osi_channels):<23} "
                     f"{' '.join(f'{v:.0f}' for v in t.pref_orientation):<24} {','.join(t.colour_dir)}")

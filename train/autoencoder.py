@@ -30,11 +30,12 @@ import torch
 
 import scg_models
 from scg_models import AutoencoderConfig, ModularAutoencoder
+from scg_models.gonlin import GONLINS
 from scg_models.groups import validate_groups
 
 from . import distributed
 from .data import CropBatches, DataError, ImageSet, Plan, StepSampler
-from .losses import PASSES, EquivarianceCodebook, LossWeights, Trainee, loss_terms
+from .losses import PASSES, EquivarianceCodebook, LossWeights, Trainee
 
 CKPT_FORMAT = "scg_autoencoder_train_ckpt"
 
@@ -82,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eps", type=float, help=f"AdamW eps (default {d['eps']})")
     g.add_argument("--warmup", type=float, help=f"fraction of steps warming up (default {d['warmup']})")
     g.add_argument("--clip-grad", type=float, help="clip the gradient norm to this; 0: off (default)")
-    g.add_argument("--seed", type=int, help=f"seed of the initial weights, data order and transforms (default {d['seed']})")
+    g.add_argument("--seed", type=int,
+                   help=f"seed of the initial weights, data order and transforms (default {d['seed']})")
     g = p.add_argument_group("model")
-    g.add_argument("--gonlin", choices=sorted(scg_models.autoencoder.GONLINS), help="kernel factorisation (default Bipolar)")
+    g.add_argument("--gonlin", choices=sorted(GONLINS), help="kernel factorisation (default Bipolar)")
     g.add_argument("--n-vector", type=int, help=f"modules (default {d['n_vector']})")
     g.add_argument("--vector-length", type=int, help=f"channels per module (default {d['vector_length']})")
     g.add_argument("--stride", type=int, help="encoder stride (default 4, the one Bipolar's cascade implies)")
@@ -100,12 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lambda-equ", type=float, help=f"equivariance λ1, per pass (default {d['lambda_equ']}); "
                    "0 gives the no-equivariance ablation")
     g.add_argument("--lambda-sym", type=float, help=f"symmetry λ2 (default {d['lambda_sym']})")
-    g.add_argument("--temperature", type=float, help=f"softmax temperature T of the symmetry loss (default {d['temperature']})")
+    g.add_argument("--temperature", type=float,
+                   help=f"softmax temperature T of the symmetry loss (default {d['temperature']})")
     g.add_argument("--passes", help="transform passes per step: trans, rot or trans,rot (default)")
     g.add_argument("--max-translate", type=float, help="translations ~ U(±this) in normalised units, the image "
                    f"spanning [-1, 1] (default {d['max_translate']} = ±15%% of the side)")
-    g.add_argument("--max-rotate", type=float, help=f"rotation pass angles ~ U(±this) degrees (default {d['max_rotate']})")
-    g.add_argument("--codebook-translate", type=int, help=f"table points per translation axis (default {d['codebook_translate']})")
+    g.add_argument("--max-rotate", type=float,
+                   help=f"rotation pass angles ~ U(±this) degrees (default {d['max_rotate']})")
+    g.add_argument("--codebook-translate", type=int,
+                   help=f"table points per translation axis (default {d['codebook_translate']})")
     g.add_argument("--codebook-rotate", type=int, help=f"table points over 360° (default {d['codebook_rotate']})")
     g.add_argument("--codebook-init", type=float, help="table = identity + U(±this) at start (default 0.01)")
     g.add_argument("--mask-margin", type=float, help="pixels a feature's source keeps from the image border "
@@ -121,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-mb", type=float, help="decoded-image cache per loader process, MiB (default 1024)")
     g.add_argument("--log-every", type=int, help=f"steps between metrics lines (default {d['log_every']})")
     g.add_argument("--ckpt-every", type=int, help=f"steps between checkpoints (default {d['ckpt_every']})")
-    g.add_argument("--sheet-every", type=int, help=f"steps between PNG sheets; 0: only at the end (default {d['sheet_every']})")
+    g.add_argument("--sheet-every", type=int,
+                   help=f"steps between PNG sheets; 0: only at the end (default {d['sheet_every']})")
     g.add_argument("--keep", type=int, help=f"checkpoints kept (default {d['keep']})")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # stop (as Ctrl-C) after N steps of this run
@@ -300,9 +306,9 @@ class Run:
             if dev.type == "cuda" and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], dev)
         ae = self.trainee.ae
-        if recipe["crop"] < ae.kernel_size + 3 * ae.stride:
+        if recipe["crop"] < ae.kernel_size + 2 * ae.stride:
             raise SystemExit(f"--crop {recipe['crop']}: too small for the {ae.kernel_size}×{ae.kernel_size} kernel "
-                             f"at stride {ae.stride}; use at least {ae.kernel_size + 3 * ae.stride}")
+                             f"at stride {ae.stride}; use at least {ae.kernel_size + 2 * ae.stride}")
         self.model = distributed.wrap(self.trainee, self.d)
         self.forward = torch.compile(self.model) if rt["compile"] else self.model
 

@@ -74,9 +74,9 @@ class ImageSet:
         except ImportError:
             raise DataError("no --data given and scikit-image is not installed; `pip install scikit-image` "
                             "for the embedded default photographs, or pass --data FOLDER") from None
+        names = ", ".join(SKIMAGE_PHOTOS)
         return cls([_skimage_path(skd, n) or (n, getattr(skd, n)) for n in SKIMAGE_PHOTOS],
-                   f"scikit-image {_skimage_version()} photographs ({len(SKIMAGE_PHOTOS)}: {', '.join(SKIMAGE_PHOTOS)})",
-                   **kw)
+                   f"scikit-image {_skimage_version()} photographs ({len(SKIMAGE_PHOTOS)}: {names})", **kw)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -13,7 +13,8 @@ For an image I (normalised, B×3×S×S) and a transformed copy I′ = L_δ(I), �
 
 with validity masks ``m`` that drop pixels and feature cells whose receptive field came
 from outside the image (masked terms are means over all positions, the invalid ones counting
-zero, so that a batch split over processes averages to the same loss). One step runs a translation pass (θ = 0) and a rotation pass
+zero, so that a batch split over processes averages to the same loss). One step runs a
+translation pass (θ = 0) and a rotation pass
 (θ ~ U(−max_rotate, max_rotate)); both passes share the one 3-D table.
 
 How δ reaches the table. Feature cell p′ of f′ is centred on pixel ``s·p′ + o`` of I′
@@ -269,8 +270,3 @@ class Trainee(nn.Module):
             out["sym"] = symmetry_loss(self.codebook, self.temperature)
         out["total"] = total + lw.sym * out["sym"]
         return out
-
-
-def loss_terms(out: dict) -> dict[str, float]:
-    """The loss dict as plain floats (for logs)."""
-    return {k: float(v.detach()) for k, v in out.items()}

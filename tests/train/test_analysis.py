@@ -31,7 +31,8 @@ def handmade() -> ModularAutoencoder:
     centre-surround (isotropic); 3: blue–yellow oriented."""
     ae = ModularAutoencoder(AutoencoderConfig(gonlin="Vanilla", kernel_size=K, n_vector=4, vector_length=4, groups=[]))
     std = ae.std.view(3, 1, 1)
-    lum, rg, by = torch.ones(3, 1, 1), torch.tensor([1.0, -1, 0]).view(3, 1, 1), torch.tensor([1.0, 1, -2]).view(3, 1, 1)
+    lum = torch.ones(3, 1, 1)
+    rg, by = torch.tensor([1.0, -1, 0]).view(3, 1, 1), torch.tensor([1.0, 1, -2]).view(3, 1, 1)
     w = torch.zeros(16, 3, K, K)
     for c in range(4):
         w[c] = lum * _gabor(c * math.pi / 4, phase=c * 0.5)
