@@ -428,9 +428,11 @@ class Run:
             prefetch_factor=4 if workers else None)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = None
-        if d.is_main and rt["progress"]:
+        try:
             from tqdm import tqdm
-
+        except ImportError:  # the bar is optional (requirements-dev.txt); metrics.jsonl is always written
+            tqdm = None
+        if d.is_main and rt["progress"] and tqdm is not None:
             bar = tqdm(total=r["steps"], initial=self.step, unit="step", dynamic_ncols=True,
                        mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="train")
         if d.is_main:
