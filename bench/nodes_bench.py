@@ -33,6 +33,7 @@ def setup_host(cpu: bool):
     sys.path.insert(0, str(ROOT / "tests"))
     from find_host import find_host
 
+    sys.path.remove(str(ROOT / "tests"))
     host = find_host()
     if host is None:
         sys.exit("no ComfyUI host found ($COMFYUI_PATH, the ComfyUI holding this folder, ~/comfy/ComfyUI)")

@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from find_host import find_host  # noqa: E402
 
+sys.path.remove(str(ROOT / "tests"))  # tests/ holds folders (train, core) that must not shadow packages
+
 HOST = find_host()
 NO_HOST = ("no ComfyUI host found ($COMFYUI_PATH, the ComfyUI that holds this extension in custom_nodes/, "
            "~/comfy/ComfyUI): the host tests are SKIPPED")

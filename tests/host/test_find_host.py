@@ -7,6 +7,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from find_host import find_host  # noqa: E402
 
+sys.path.remove(str(Path(__file__).resolve().parents[1]))
+
 
 def test_host_is_found():
     host = find_host()
