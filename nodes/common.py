@@ -32,20 +32,28 @@ MODULES_TOOLTIP = ("Which modules make the hint: a group name of the autoencoder
                    "HC0 colour, HC1 brightness, HC2/HC3 edges, HC4/HC5 high frequencies), several joined with + "
                    "(HC2+HC3), module numbers such as 0,1,4, or all. Use the group the ControlNet was trained on.")
 GAINS_TOOLTIP = ("Optional per-module gains applied to the features before decoding, as module:gain pairs "
-                 "(0:1.5,4:0.5), or one number for every selected module (1.5). Empty: all 1. Scaling the colour "
-                 "modules up or down changes saturation/contrast in the result.")
+                 "(0:1.5,4:0.5) or group:gain pairs (HC0:1.5), or one number for every selected module (1.5). "
+                 "Empty: all 1. Scaling the colour modules up or down changes saturation/contrast in the result.")
 
 _COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+#: the autoencoder shipped with the extension (offered by Load SCG Autoencoder by default)
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scg_models", "weights")
+SHIPPED_MODEL = "scg_default.safetensors"
+
+
 def register_model_folder() -> str:
-    """Register ``models/scg`` with ComfyUI, keeping any paths extra_model_paths.yaml already gave."""
+    """Register ``models/scg`` with ComfyUI, keeping any paths extra_model_paths.yaml already gave.
+
+    The extension's own ``scg_models/weights`` (the shipped autoencoder) comes last.
+    """
     scg_dir = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
-    if MODEL_FOLDER in folder_paths.folder_names_and_paths:
-        if scg_dir not in folder_paths.get_folder_paths(MODEL_FOLDER):
-            folder_paths.add_model_folder_path(MODEL_FOLDER, scg_dir)
-    else:
-        folder_paths.folder_names_and_paths[MODEL_FOLDER] = ([scg_dir], set(folder_paths.supported_pt_extensions))
+    if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[MODEL_FOLDER] = ([], set(folder_paths.supported_pt_extensions))
+    for path in (scg_dir, SHIPPED_DIR):
+        if path not in folder_paths.get_folder_paths(MODEL_FOLDER):
+            folder_paths.add_model_folder_path(MODEL_FOLDER, path)
     return scg_dir
 
 
@@ -147,4 +155,4 @@ def resolve_selection(ae: ModularAutoencoder, modules: str, gains: str) -> tuple
     from ..scg_models import parse_gains
 
     mods = ae.resolve_modules(modules)
-    return mods, parse_gains(gains, mods, ae.n_vector)
+    return mods, parse_gains(gains, mods, ae.n_vector, ae.groups)

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 from ..scg_models import SCGError, load_autoencoder
 from ..scg_models import formats
-from .common import LOADER_CATEGORY, MODEL_FOLDER, SCGAutoencoder, ScgAutoencoderType
+from .common import LOADER_CATEGORY, MODEL_FOLDER, SHIPPED_MODEL, SCGAutoencoder, ScgAutoencoderType
 
 
 def _file_fingerprint(folder: str, name: str) -> str:
@@ -47,16 +47,20 @@ def check_sd15(state_dict: dict, name: str) -> None:
 class LoadSCGAutoencoder(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        names = folder_paths.get_filename_list(MODEL_FOLDER)
         return io.Schema(
             node_id="LoadSCGAutoencoder",
             display_name="Load SCG Autoencoder",
             category=LOADER_CATEGORY,
             description=("Loads the SCG modular autoencoder from models/scg: our .safetensors, the authors' .pth "
                          "(equ_nv16_vl4_rn1_Bipolar_norm.pth) or an authors' SCG ControlNet .ckpt (its embedded "
-                         "autoencoder). The format is read from the file's content."),
+                         "autoencoder); scg_default.safetensors ships with the extension. The format is read from "
+                         "the file's content."),
             inputs=[
-                io.Combo.Input("autoencoder_name", options=folder_paths.get_filename_list(MODEL_FOLDER),
-                               tooltip="A file in ComfyUI/models/scg (or an 'scg' path of extra_model_paths.yaml)."),
+                io.Combo.Input("autoencoder_name", options=names,
+                               default=SHIPPED_MODEL if SHIPPED_MODEL in names else None,
+                               tooltip="A file in ComfyUI/models/scg (or an 'scg' path of extra_model_paths.yaml), or "
+                                       f"{SHIPPED_MODEL}, the autoencoder shipped with the extension."),
             ],
             outputs=[
                 ScgAutoencoderType.Output("scg_autoencoder", display_name="scg_autoencoder",

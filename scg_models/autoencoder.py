@@ -211,7 +211,7 @@ class ModularAutoencoder(nn.Module):
         """
         self.check_images(images)
         mods = self.resolve_modules(modules)
-        gains = parse_gains(gains, mods, self.n_vector)
+        gains = parse_gains(gains, mods, self.n_vector, self.groups)
         p = next(self.parameters())
         x = self.normalize(images.to(device=p.device, dtype=p.dtype))
         H, W = x.shape[-2:]

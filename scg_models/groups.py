@@ -101,13 +101,14 @@ def resolve_modules(selection, groups: Mapping[str, Sequence[int]], n_vector: in
     return check_modules(selection, n_vector)
 
 
-def parse_gains(gains, modules: Sequence[int], n_vector: int) -> list[float] | None:
+def parse_gains(gains, modules: Sequence[int], n_vector: int,
+                groups: Mapping[str, Sequence[int]] | None = None) -> list[float] | None:
     """Per-module gains for the selected ``modules``, in their order; ``None`` means all 1.
 
-    ``gains``: ``None``/``""``; text such as ``"0:1.5,4:0.5"``; one number (``1.5`` or
-    ``"1.5"``) for every selected module; a mapping module → gain (unlisted selected
-    modules keep 1); or a sequence with one gain per selected module or one per module
-    of the autoencoder.
+    ``gains``: ``None``/``""``; text such as ``"0:1.5,4:0.5"`` (with ``groups``, a group
+    name may stand for its modules: ``"HC0:1.5"``); one number (``1.5`` or ``"1.5"``) for
+    every selected module; a mapping module → gain (unlisted selected modules keep 1); or
+    a sequence with one gain per selected module or one per module of the autoencoder.
     """
     if gains is None:
         return None
@@ -130,10 +131,14 @@ def parse_gains(gains, modules: Sequence[int], n_vector: int) -> list[float] | N
             try:
                 if not sep:
                     raise ValueError
-                table[int(key)] = float(val)
+                if groups and key.strip() in groups:
+                    table.update({m: float(val) for m in groups[key.strip()]})
+                else:
+                    table[int(key)] = float(val)
             except ValueError:
+                named = f", group:gain pairs such as '{next(iter(groups))}:1.5'" if groups else ""
                 raise SCGError(f"gains: cannot read {item.strip()!r}; write module:gain pairs such as "
-                               "'0:1.5,4:0.5', or one number for every selected module") from None
+                               f"'0:1.5,4:0.5'{named}, or one number for every selected module") from None
         gains = table
     if isinstance(gains, Mapping):
         table = {int(k): float(v) for k, v in gains.items()}

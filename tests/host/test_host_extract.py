@@ -42,6 +42,17 @@ def test_outputs(ae, scg_ae, extract):
     assert off.shape[0] == 2 and off.abs().sum() == 0
 
 
+def test_gains_by_group_name(ae, scg_ae, extract):
+    img = make_images()
+    by_group = extract(image=img, scg_autoencoder=scg_ae, modules="HC0+HC1", gains="HC0:2", grid="off")[0]
+    explicit = extract(image=img, scg_autoencoder=scg_ae, modules="HC0+HC1", gains="0:2,1:2,4:2,8:2,9:2,15:2",
+                       grid="off")[0]
+    plain = extract(image=img, scg_autoencoder=scg_ae, modules="HC0+HC1", grid="off")[0]
+    assert torch.equal(by_group, explicit) and not torch.equal(by_group, plain)
+    uniform = extract(image=img, scg_autoencoder=scg_ae, modules="HC0", gains="1.5", grid="off")[0]
+    assert torch.allclose(uniform, 1.5 * extract(image=img, scg_autoencoder=scg_ae, grid="off")[0], atol=1e-5)
+
+
 def test_chunks_and_progress(host, ae, scg_ae, extract, monkeypatch):
     extract_module = host.pack.nodes.extract
     monkeypatch.setattr(extract_module, "MAX_CHUNK", 2)
@@ -93,6 +104,7 @@ def test_grey_and_rgba(ae, scg_ae, extract, caplog):
     ({"modules": "colour"}, "modules: unknown group 'colour'"),
     ({"modules": ""}, "modules: the module selection is empty"),
     ({"gains": "0:abc"}, "gains: cannot read '0:abc'"),
+    ({"gains": "colour:2"}, "gains: cannot read 'colour:2'; .*group:gain pairs such as 'HC0:1.5'"),
     ({"scg_autoencoder": None}, "scg_autoencoder: connect an SCG autoencoder"),
 ])
 def test_errors_name_the_input(scg_ae, extract, kw, message):

@@ -39,6 +39,7 @@ def test_loaders_are_registered_with_their_folders(host, node):
         ae_in = node("LoadSCGAutoencoder").INPUT_TYPES()["required"]["autoencoder_name"]
         cn_in = node("LoadSCGControlNet").INPUT_TYPES()["required"]["control_net_name"]
         assert ae_in[0] == "COMBO" and "listed.safetensors" in ae_in[1]["options"]
+        assert ae_in[1]["default"] == "scg_default.safetensors" in ae_in[1]["options"]  # shipped, offered first
         assert cn_in[0] == "COMBO" and "listed.ckpt" in cn_in[1]["options"]
     finally:
         (host.dirs.models["scg"] / "listed.safetensors").unlink()
@@ -53,11 +54,12 @@ def test_register_keeps_yaml_paths(host, tmp_path):
         fp.add_model_folder_path("scg", yaml_dir)  # what extra_model_paths.yaml does before packs load
         host.pack.nodes.common.register_model_folder()
         host.pack.nodes.common.register_model_folder()  # idempotent
+        shipped = host.pack.nodes.common.SHIPPED_DIR
         paths = fp.get_folder_paths("scg")
-        assert paths == [yaml_dir, os.path.join(fp.models_dir, "scg")]
+        assert paths == [yaml_dir, os.path.join(fp.models_dir, "scg"), shipped]
         fp.folder_names_and_paths.pop("scg")
         host.pack.nodes.common.register_model_folder()
-        assert fp.get_folder_paths("scg") == [os.path.join(fp.models_dir, "scg")]
+        assert fp.get_folder_paths("scg") == [os.path.join(fp.models_dir, "scg"), shipped]
         assert ".safetensors" in fp.folder_names_and_paths["scg"][1]
     finally:
         fp.folder_names_and_paths["scg"] = saved
@@ -165,3 +167,8 @@ def test_bad_controlnet_files(host, node, content, message):
 def test_missing_file_names_the_input(node):
     with pytest.raises(ValueError, match="autoencoder_name: file 'nope.safetensors' not found"):
         run_node(node("LoadSCGAutoencoder"), autoencoder_name="nope.safetensors")
+
+
+def test_the_shipped_autoencoder_loads(node):
+    (loaded,) = run_node(node("LoadSCGAutoencoder"), autoencoder_name="scg_default.safetensors")
+    assert loaded.ae.n_vector == 16 and {"HC0", "HC1"} <= set(loaded.ae.groups)

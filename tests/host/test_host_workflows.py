@@ -28,9 +28,6 @@ def stand_in_files(host):
         if not path.exists():
             path.write_bytes(b"")
             made.append(path)
-    ae_path = host.dirs.models["scg"] / "equ_nv16_vl4_rn1_Bipolar_norm.pth"
-    save_authors_pth(random_ae(seed=21), ae_path)
-    made.append(ae_path)
     yield
     for path in made:
         path.unlink()
@@ -88,7 +85,10 @@ def test_a_wrong_value_fails_host_validation(host, stand_in_files):
 
 
 def test_hypercolumn_preview_runs_end_to_end(host, stand_in_files):
+    """With the shipped autoencoder, as a user without any download runs it."""
     wf = load(host, "hypercolumn_preview")
+    loader = next(n for n in wf["nodes"] if n["type"] == "LoadSCGAutoencoder")
+    assert loader["widgets_values"] == ["scg_default.safetensors"]
     prompt = ui_to_api(wf, host.nodes.NODE_CLASS_MAPPINGS)
     ex = execute_prompt(host, prompt)
     errors = [m for m in ex.status_messages if m[0] == "execution_error"]
@@ -116,6 +116,9 @@ def test_hypercolumn_preview_runs_end_to_end(host, stand_in_files):
 def test_autoencoder_is_loaded_once_across_runs(host, stand_in_files):
     prompt = ui_to_api(load(host, "hypercolumn_preview"), host.nodes.NODE_CLASS_MAPPINGS)
     loader = next(k for k, v in prompt.items() if v["class_type"] == "LoadSCGAutoencoder")
+    path = host.dirs.models["scg"] / "equ_nv16_vl4_rn1_Bipolar_norm.pth"  # the authors' layout, random weights
+    save_authors_pth(random_ae(seed=21), path)
+    prompt[loader]["inputs"]["autoencoder_name"] = path.name
 
     def cached(ex):
         return {n for event, data in ex.status_messages if event == "execution_cached" for n in data["nodes"]}
@@ -124,6 +127,7 @@ def test_autoencoder_is_loaded_once_across_runs(host, stand_in_files):
     first = node_output(ex, loader, 0)
     ex = execute_prompt(host, prompt, ex)
     assert ex.success and loader in cached(ex) and node_output(ex, loader, 0) is first
-    save_authors_pth(random_ae(seed=22), host.dirs.models["scg"] / "equ_nv16_vl4_rn1_Bipolar_norm.pth")
+    save_authors_pth(random_ae(seed=22), path)
     ex = execute_prompt(host, prompt, ex)  # the file changed: loaded again
     assert ex.success and loader not in cached(ex) and node_output(ex, loader, 0) is not first
+    path.unlink()
