@@ -8,6 +8,7 @@ module selection is ``decode(encode(normalise(x)) · mask · gains)``: un-normal
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict
 from typing import Any
 
@@ -182,9 +183,9 @@ class ModularAutoencoder(nn.Module):
         if min(images.shape[-2:]) < k:
             raise SCGError(f"{name}: {images.shape[-2]}×{images.shape[-1]} is smaller than the "
                            f"{k}×{k} kernel; use images of at least {k}×{k}")
-        if images.numel() and not torch.isfinite(images).all():
+        lo, hi = (float(v) for v in torch.aminmax(images)) if images.numel() else (0.0, 0.0)
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # one pass: min/max propagate NaN and ±inf
             raise SCGError(f"{name}: contains NaN or infinite values")
-        lo, hi = (images.amin().item(), images.amax().item()) if images.numel() else (0, 0)
         if lo < -0.5 or hi > 1.5:
             raise SCGError(f"{name}: values must lie in [0, 1]; got [{lo:.3g}, {hi:.3g}]"
                            + (" (0..255 data? divide by 255)" if hi > 2 else ""))
