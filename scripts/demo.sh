@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
-if [ -f scg_models/weights/scg_default.safetensors ] && [ -f workflows/example.png ]; then
-  "$PY" -m scg_models extract workflows/example.png -o out/previews
+if [ -f scg_models/weights/scg_default.safetensors ] && [ -f workflows/scg_example.jpg ]; then
+  "$PY" -m scg_models extract workflows/scg_example.jpg --grid -o out/previews
 fi
 "$PY" -m scg_models bench
