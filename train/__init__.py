@@ -1,5 +1,6 @@
-"""Trainers that reuse :mod:`scg_models`: the modular autoencoder (``python -m train.autoencoder``)
-and its analysis (``python -m train.analyze``). Not imported by the ComfyUI extension."""
+"""Trainers that reuse :mod:`scg_models`: the modular autoencoder (``python -m train.autoencoder``),
+its analysis (``python -m train.analyze``) and SCG ControlNets on ComfyUI's own model code
+(``python -m train.controlnet``). Not imported by the ComfyUI extension."""
 import os
 
 # CPU threads sleep instead of spinning while they wait. On a shared or busy machine spinning
