@@ -87,3 +87,9 @@ def host(tmp_path_factory):
 def node(host):
     """Node class by id, from the host's registry."""
     return lambda node_id: host.nodes.NODE_CLASS_MAPPINGS[node_id]
+
+
+@pytest.fixture()
+def scg_ae(host, ae):
+    """What travels on an SCG_AUTOENCODER link, for the module's own ``ae`` fixture."""
+    return host.pack.nodes.common.SCGAutoencoder(ae, "test-ae")

@@ -27,11 +27,6 @@ def ae():
 
 
 @pytest.fixture()
-def scg_ae(host, ae):
-    return host.pack.nodes.common.SCGAutoencoder(ae, "test-ae")
-
-
-@pytest.fixture()
 def apply(node):
     cls = node("SCGControlApply")
 

@@ -14,11 +14,6 @@ def ae():
 
 
 @pytest.fixture()
-def scg_ae(host, ae):
-    return host.pack.nodes.common.SCGAutoencoder(ae, "test-ae")
-
-
-@pytest.fixture()
 def extract(node):
     cls = node("HypercolumnExtract")
     return lambda **kw: run_node(cls, **{"modules": "HC0", "gains": "", "grid": "labelled", **kw})
