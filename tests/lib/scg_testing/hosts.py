@@ -68,7 +68,7 @@ def matrix() -> tuple[list[tuple[str, Path, Path | None]], list[str]]:
         elif fe is not None and not (fe / "index.html").is_file():
             missing.append(f"no frontend at {fe} (for {host})")
         else:
-            label = f"ComfyUI {host_version(host)}" + (f" + frontend {fe.parent.parent.name}" if fe else "")
+            label = f"ComfyUI {host_version(host)}" + (f" + {fe.parent.parent.name}" if fe else "")
             found.append((label, host.resolve(), fe))
     if not found and (host := find_host()):
         found.append((f"ComfyUI {host_version(host)}", host, frontend_root()))
