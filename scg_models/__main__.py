@@ -42,6 +42,15 @@ def _images(paths):
             yield p
 
 
+def _save_png(image, path: Path) -> None:
+    """Write a 3 x H x W tensor in [0, 1] as an 8-bit RGB PNG (fast zlib level: previews, not archives)."""
+    import numpy as np
+    from PIL import Image
+
+    arr = (image.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(arr).save(path, compress_level=1)
+
+
 def cmd_extract(a) -> None:
     import numpy as np
     import torch
@@ -77,13 +86,11 @@ def cmd_extract(a) -> None:
         x = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         if a.grid:
             sheet = group_grid(ae, x, [g for g in groups if g in ae.groups] or None)[0]
-            arr = (sheet.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-            Image.fromarray(arr).save(Path(a.output) / f"{p.stem}_groups.png")
+            _save_png(sheet, Path(a.output) / f"{p.stem}_groups.png")
             written += 1
         for name, mods in selections:
             prev = ae.preview(x, mods, a.gains or None)[0]
-            arr = (prev.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-            Image.fromarray(arr).save(Path(a.output) / f"{p.stem}_{name.replace('+', '_').replace(',', '_')}.png")
+            _save_png(prev, Path(a.output) / f"{p.stem}_{name.replace('+', '_').replace(',', '_')}.png")
             written += 1
     print(f"wrote {written} PNGs ({len(paths)} images x {len(selections)} groups"
           f"{' + a sheet of all groups each' if a.grid else ''}) to {a.output}")

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
 "$PY" -m scg_models extract workflows/scg_example.jpg --grid -o out/previews
-"$PY" -m scg_models bench --repeats 10
+"$PY" -m scg_models bench --repeats 8
