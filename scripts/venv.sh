@@ -5,7 +5,8 @@
 # this folder in custom_nodes/, or in ~/comfy/ComfyUI), else python3. A plain interpreter lends its
 # packages through --system-site-packages; a venv (whose packages --system-site-packages would not see)
 # through a .pth file naming its site-packages. Only when none imports torch is torch installed:
-# $SCG_TORCH (default "torch torchvision") from $SCG_TORCH_INDEX when set, e.g.
+# $SCG_TORCH (default "torch torchvision"; with SCG_DEV the tested torch==2.14.1 torchvision==0.29.1)
+# from $SCG_TORCH_INDEX when set, e.g.
 # SCG_TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU-only wheels.
 # SCG_VENV picks the venv's folder (default .venv); SCG_DEV=1 adds requirements-dev.txt.
 VENV="${SCG_VENV:-.venv}"
@@ -38,9 +39,12 @@ fi
 PY="$VENV/bin/python"
 pip_quiet() { "$PY" -m pip install -q "$@" 2> >(grep -v '^WARNING: Location' >&2); }
 if ! _scg_has_torch "$PY"; then
-  echo "venv.sh: no torch found; installing ${SCG_TORCH:-torch torchvision}${SCG_TORCH_INDEX:+ from $SCG_TORCH_INDEX}"
+  # the test suite gets the versions it is tested with; a user the current ones
+  _scg_torch="${SCG_TORCH:-${SCG_DEV:+torch==2.14.1 torchvision==0.29.1}}"
+  _scg_torch="${_scg_torch:-torch torchvision}"
+  echo "venv.sh: no torch found; installing $_scg_torch${SCG_TORCH_INDEX:+ from $SCG_TORCH_INDEX}"
   # shellcheck disable=SC2086
-  pip_quiet ${SCG_TORCH_INDEX:+--index-url "$SCG_TORCH_INDEX"} ${SCG_TORCH:-torch torchvision}
+  pip_quiet ${SCG_TORCH_INDEX:+--index-url "$SCG_TORCH_INDEX"} $_scg_torch
 fi
 # pip runs again only when the requirement lists changed since the last install into this venv
 _scg_stamp="$(cat requirements.txt ${SCG_DEV:+requirements-dev.txt} | cksum)"
