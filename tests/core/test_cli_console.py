@@ -98,3 +98,23 @@ def test_bench_tiny(tmp_path):
 def test_bench_rejects_zero_repeats():
     _, err = assert_ascii_ok(run_cli("bench", "--repeats", "0"), rc=2)
     assert "expected a whole number >= 1, got '0'" in err
+
+
+def test_bench_rows_in_process():
+    """The table's numbers: both paths at the thread count asked for, the ratio inside its quartiles."""
+    import torch
+
+    from scg_models import bench
+
+    before = torch.get_num_threads()
+    lines: list[str] = []
+    try:
+        rows = bench.run(size=40, repeats=4, threads=1, selections=("HC3",), out=lines.append)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    (row,) = rows
+    assert row["selection"] == "HC3" and row["modules"] == 1 and row["threads"] == 1
+    assert 0 < row["speedup_q1"] <= row["speedup"] <= row["speedup_q3"]
+    assert row["max_rel_diff"] < 1e-5  # the fast path computes the authors' hint
+    assert all(line.isascii() for line in lines) and len(lines) == 3
