@@ -6,16 +6,11 @@ import os
 import sys
 from pathlib import Path
 
+from .dtypes import DTYPES
 from .errors import SCGError
 
 DEFAULT_MODEL = Path(__file__).with_name("weights") / "scg_default.safetensors"
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-def _dtype(name):
-    import torch
-
-    return {None: None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
 def cmd_convert(a) -> None:
@@ -29,13 +24,13 @@ def cmd_convert(a) -> None:
     if a.controlnet:
         sd = formats.controlnet_state_dict(raw.tensors, a.src)
         cn = formats.ControlNetFile(sd, ae, {})
-        formats.save_controlnet(cn, a.controlnet, _dtype(a.dtype), info={"source_file": os.path.basename(a.src)})
+        formats.save_controlnet(cn, a.controlnet, DTYPES.get(a.dtype), info={"source_file": os.path.basename(a.src)})
         n = sum(v.numel() for v in sd.values())
-        parts.append(f"ControlNet {len(sd)} tensors, {n / 1e6:.1f} M params, {a.dtype or 'as stored'} → {a.controlnet}")
+        parts.append(f"ControlNet {len(sd)} tensors, {n / 1e6:.1f} M params, {a.dtype or 'as stored'} -> {a.controlnet}")
     if a.autoencoder:
         formats.save_autoencoder(ae, a.autoencoder)
-        parts.append(f"autoencoder {ae.config.gonlin} {ae.n_vector}×{ae.vector_length}, "
-                     f"groups {','.join(ae.groups)} → {a.autoencoder}")
+        parts.append(f"autoencoder {ae.config.gonlin} {ae.n_vector}x{ae.vector_length}, "
+                     f"groups {','.join(ae.groups)} -> {a.autoencoder}")
     print("converted " + os.path.basename(a.src) + ": " + "; ".join(parts))
 
 
@@ -45,6 +40,15 @@ def _images(paths):
             yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS)
         else:
             yield p
+
+
+def _save_png(image, path: Path) -> None:
+    """Write a 3 x H x W tensor in [0, 1] as an 8-bit RGB PNG (fast zlib level: previews, not archives)."""
+    import numpy as np
+    from PIL import Image
+
+    arr = (image.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(arr).save(path, compress_level=1)
 
 
 def cmd_extract(a) -> None:
@@ -82,15 +86,13 @@ def cmd_extract(a) -> None:
         x = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
         if a.grid:
             sheet = group_grid(ae, x, [g for g in groups if g in ae.groups] or None)[0]
-            arr = (sheet.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-            Image.fromarray(arr).save(Path(a.output) / f"{p.stem}_groups.png")
+            _save_png(sheet, Path(a.output) / f"{p.stem}_groups.png")
             written += 1
         for name, mods in selections:
             prev = ae.preview(x, mods, a.gains or None)[0]
-            arr = (prev.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-            Image.fromarray(arr).save(Path(a.output) / f"{p.stem}_{name.replace('+', '_').replace(',', '_')}.png")
+            _save_png(prev, Path(a.output) / f"{p.stem}_{name.replace('+', '_').replace(',', '_')}.png")
             written += 1
-    print(f"wrote {written} PNGs ({len(paths)} images × {len(selections)} groups"
+    print(f"wrote {written} PNGs ({len(paths)} images x {len(selections)} groups"
           f"{' + a sheet of all groups each' if a.grid else ''}) to {a.output}")
 
 
@@ -102,17 +104,38 @@ def cmd_bench(a) -> None:
         from . import load_autoencoder
 
         model = load_autoencoder(a.model)
-    bench.run(size=a.size, batch=a.batch, repeats=a.repeats, device=a.device, dtype=a.dtype, model=model)
+    bench.run(size=a.size, batch=a.batch, repeats=a.repeats, device=a.device, dtype=a.dtype, threads=a.threads,
+              model=model)
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _tolerant_console() -> None:
+    """Never crash on a console that cannot show a character (e.g. Windows cp1252): our own messages are
+    ASCII, but file names and messages from elsewhere may not be; those get backslash escapes instead."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def main(argv=None) -> int:
+    _tolerant_console()
     ap = argparse.ArgumentParser(prog="python -m scg_models", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert", help="authors' SCG ControlNet .ckpt → ComfyUI ControlNet + our autoencoder")
+    c = sub.add_parser("convert", help="authors' SCG ControlNet .ckpt -> ComfyUI ControlNet + our autoencoder")
     c.add_argument("src")
     c.add_argument("--controlnet", help="output ControlNet .safetensors (loads with ComfyUI's ControlNetLoader)")
     c.add_argument("--autoencoder", help="output autoencoder .safetensors (our format)")
-    c.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="cast the ControlNet weights")
+    c.add_argument("--dtype", choices=list(DTYPES), help="cast the ControlNet weights")
     e = sub.add_parser("extract", help="write preview PNGs per image and group")
     e.add_argument("images", nargs="+", help="image files or folders")
     e.add_argument("--groups", help="comma-separated groups, e.g. HC0,HC3 (default: all groups)")
@@ -121,11 +144,13 @@ def main(argv=None) -> int:
     e.add_argument("--grid", action="store_true", help="also write one sheet of every group per image")
     e.add_argument("-o", "--output", required=True, help="output folder")
     b = sub.add_parser("bench", help="ms/image of hint extraction, ours vs the authors' way")
-    b.add_argument("--size", type=int, default=512)
-    b.add_argument("--batch", type=int, default=1)
-    b.add_argument("--repeats", type=int, default=20)
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    b.add_argument("--size", type=_positive, default=512, help="image side in pixels (default 512)")
+    b.add_argument("--batch", type=_positive, default=1, help="images per call (default 1)")
+    b.add_argument("--repeats", type=_positive, default=20, help="interleaved timed pairs per selection (default 20)")
+    b.add_argument("--threads", type=_positive, default=1,
+                   help="torch threads, the same for both paths (default 1: steadiest on a busy machine)")
+    b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    b.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="model and image dtype (default fp32)")
     b.add_argument("--model", help="time this autoencoder file instead of random released-shape weights")
     a = ap.parse_args(argv)
     try:

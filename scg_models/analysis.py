@@ -6,15 +6,15 @@ model it trained (the authors chose theirs by eye for one checkpoint).
 Measures, per module (``vector_length`` channels):
 
 * colour: the kernel as weights on RGB input in [0, 1] (``W / std``), split per pixel into
-  luminance (1,1,1)/√3 and the two colour-opponent axes (1,−1,0)/√2, (1,1,−2)/√6; the
+  luminance (1,1,1)/sqrt(3) and the two colour-opponent axes (1,-1,0)/sqrt(2), (1,1,-2)/sqrt(6); the
   *chroma fraction* is the opponent share of the energy (0: pure luminance, 1: pure colour);
 * drifting gratings: F1 response amplitude of every channel to sinusoidal gratings
-  (luminance, red–green and blue–yellow) at ``n_orient`` orientations × ``n_sf`` spatial
-  frequencies (1/48 … 0.5 c/px) × 8 phases, at the centre of a receptive field (exactly the encoder's output
+  (luminance, red-green and blue-yellow) at ``n_orient`` orientations x ``n_sf`` spatial
+  frequencies (1/48 ... 0.5 c/px) x 8 phases, at the centre of a receptive field (exactly the encoder's output
   for that cell, activation included). Each channel is read in its strongest colour
   direction, at its preferred spatial frequency;
-* orientation selectivity index per channel, ``OSI = (R_pref − R_orth)/(R_pref + R_orth)``,
-  and its global form ``gOSI = |Σ R(φ)e^{2iφ}| / Σ R(φ)``; a module's OSI is the mean over
+* orientation selectivity index per channel, ``OSI = (R_pref - R_orth)/(R_pref + R_orth)``,
+  and its global form ``gOSI = |sum R(phi) e^{2i phi}| / sum R(phi)``; a module's OSI is the mean over
   its channels;
 * preferred spatial frequency (cycles/pixel) of the module (its channels' summed tuning);
 * strength: the module's peak grating response relative to the strongest module's. A module
@@ -30,7 +30,7 @@ import torch
 
 from .autoencoder import ModularAutoencoder
 
-#: colour axes on RGB: luminance, red–green, blue–yellow (orthonormal)
+#: colour axes on RGB: luminance, red-green, blue-yellow (orthonormal)
 COLOUR_AXES = {"lum": (1 / math.sqrt(3),) * 3, "rg": (1 / math.sqrt(2), -1 / math.sqrt(2), 0.0),
                "by": (1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6))}
 #: thresholds used to name module types
@@ -45,9 +45,9 @@ class ModuleTuning:
     module: int
     chroma: float          # colour-opponent share of the kernel energy, 0..1
     energy: float          # kernel energy (RGB weights), for reference
-    osi: float             # mean channel OSI (pref − orth)/(pref + orth)
+    osi: float             # mean channel OSI (pref - orth)/(pref + orth)
     osi_channels: list     # per channel
-    gosi: float            # mean channel global OSI (1 − circular variance)
+    gosi: float            # mean channel global OSI (1 - circular variance)
     pref_orientation: list  # per channel, degrees in [0, 180)
     pref_sf: float         # cycles/pixel
     dc: float              # response to a uniform luminance step, relative to the peak grating response
@@ -55,24 +55,24 @@ class ModuleTuning:
     strength: float        # peak grating response / the strongest module's, 0..1
     kind: str              # colour / oriented / luminance / mixed / weak
     rot_residual: float = float("nan")    # share of a rotated kernel outside the module's span (mean over angles)
-    shift_residual: float = float("nan")  # the same for sub-stride shifts of 1–2 pixels
+    shift_residual: float = float("nan")  # the same for sub-stride shifts of 1-2 pixels
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def rgb_kernels(ae: ModularAutoencoder) -> torch.Tensor:
-    """Composite kernel as weights on RGB input in [0, 1] (C×3×K×K, float32, CPU)."""
+    """Composite kernel as weights on RGB input in [0, 1] (C x 3 x K x K, float32, CPU)."""
     with torch.no_grad():
         return ae.kernel().detach().float().cpu() / ae.std.detach().float().cpu().view(1, 3, 1, 1)
 
 
 def colour_energy(ae: ModularAutoencoder) -> torch.Tensor:
-    """Per module energy on (luminance, red–green, blue–yellow): n_vector×3."""
+    """Per module energy on (luminance, red-green, blue-yellow): n_vector x 3."""
     k = rgb_kernels(ae)
-    axes = torch.tensor([COLOUR_AXES[a] for a in ("lum", "rg", "by")])      # 3 axes × 3 RGB
+    axes = torch.tensor([COLOUR_AXES[a] for a in ("lum", "rg", "by")])      # 3 axes x 3 RGB
     proj = torch.einsum("ar,crhw->cahw", axes, k)
-    e = proj.pow(2).sum((-2, -1))                                            # C×3
+    e = proj.pow(2).sum((-2, -1))                                            # C x 3
     return e.view(ae.n_vector, ae.vector_length, 3).sum(1)
 
 
@@ -84,9 +84,9 @@ def sf_grid(n_sf: int = 12, lo: float = 1 / 48, hi: float = 0.5) -> torch.Tensor
 @torch.no_grad()
 def grating_responses(ae: ModularAutoencoder, n_orient: int = 16, n_sf: int = 12, n_phase: int = 8,
                       contrast: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """F1 amplitudes of every channel: C × 3 colour directions × n_orient × n_sf.
+    """F1 amplitudes of every channel: C x 3 colour directions x n_orient x n_sf.
 
-    Gratings ``0.5 + contrast·cos(2π·sf·(x cos φ + y sin φ) + phase)·axis`` in RGB [0, 1]
+    Gratings ``0.5 + contrast*cos(2pi*sf*(x cos phi + y sin phi) + phase)*axis`` in RGB [0, 1]
     over one receptive field, normalised as the model does; the response is the kernel's
     dot product with it (the encoder's output at a cell whose field sees it) then the
     activation. Returns (responses, orientations in radians, spatial frequencies c/px).
@@ -98,19 +98,19 @@ def grating_responses(ae: ModularAutoencoder, n_orient: int = 16, n_sf: int = 12
     ph = torch.arange(n_phase) * 2 * math.pi / n_phase
     c = torch.arange(K, dtype=torch.float32) - (K - 1) / 2
     yy, xx = torch.meshgrid(c, c, indexing="ij")
-    proj = xx[None] * ori.cos()[:, None, None] + yy[None] * ori.sin()[:, None, None]   # O×K×K
+    proj = xx[None] * ori.cos()[:, None, None] + yy[None] * ori.sin()[:, None, None]   # O x K x K
     arg = 2 * math.pi * sfs[None, :, None, None, None] * proj[:, None, None] + ph[None, None, :, None, None]
-    wave = arg.cos()                                                                    # O×F×P×K×K
+    wave = arg.cos()                                                                    # O x F x P x K x K
     mean = ae.mean.detach().float().cpu().view(3)
     std = ae.std.detach().float().cpu().view(3)
     out = []
     for a in ("lum", "rg", "by"):
         axis = torch.tensor(COLOUR_AXES[a]) * math.sqrt(3)   # equal norm on every axis; lum = (1, 1, 1)
-        img = 0.5 + contrast * wave[..., None, :, :] * axis.view(3, 1, 1)              # O×F×P×3×K×K
+        img = 0.5 + contrast * wave[..., None, :, :] * axis.view(3, 1, 1)              # O x F x P x 3 x K x K
         x = (img - mean.view(3, 1, 1)) / std.view(3, 1, 1)
         resp = torch.einsum("ofprhw,crhw->cofp", x, w)
         resp = ae.activate(resp)
-        f1 = (resp * torch.exp(-1j * ph)).sum(-1).abs() * 2 / n_phase                  # C×O×F
+        f1 = (resp * torch.exp(-1j * ph)).sum(-1).abs() * 2 / n_phase                  # C x O x F
         out.append(f1)
     return torch.stack(out, 1), ori, sfs
 
@@ -129,8 +129,8 @@ def _osi(curve: torch.Tensor, ori: torch.Tensor) -> tuple[float, float, float]:
 @torch.no_grad()
 def module_tuning(ae: ModularAutoencoder, n_orient: int = 16, n_sf: int = 12) -> list[ModuleTuning]:
     """Colour, orientation and spatial-frequency tuning of every module."""
-    R, ori, sfs = grating_responses(ae, n_orient, n_sf)        # C×3×O×F
-    ce = colour_energy(ae)                                      # nv×3
+    R, ori, sfs = grating_responses(ae, n_orient, n_sf)        # C x 3 x O x F
+    ce = colour_energy(ae)                                      # nv x 3
     k = rgb_kernels(ae)
     dc_resp = ae.activate(k.sum((1, 2, 3)).abs())               # response to +1 on all RGB pixels
     vl = ae.vector_length
@@ -142,7 +142,7 @@ def module_tuning(ae: ModularAutoencoder, n_orient: int = 16, n_sf: int = 12) ->
         osis, gosis, prefs, dirs = [], [], [], []
         peak_mod = 0.0
         for ch in range(i * vl, (i + 1) * vl):
-            r = R[ch]                                           # 3×O×F
+            r = R[ch]                                           # 3 x O x F
             best = r.amax((1, 2))
             a = int(best.argmax())
             f = int(r[a].amax(0).argmax())
@@ -170,11 +170,11 @@ def span_residuals(ae: ModularAutoencoder, n_angles: int = 16, shifts=((1, 0), (
                    pad: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     """How closed each module's span is under rotation and sub-stride shifts: n_vector, n_vector.
 
-    Each module's ``vector_length`` kernels are rotated (``n_angles`` angles over 360°, 0 left
-    out) or shifted by 1–2 pixels (kornia, bilinear); the residual is the share of the
+    Each module's ``vector_length`` kernels are rotated (``n_angles`` angles over 360 degrees, 0 left
+    out) or shifted by 1-2 pixels (kornia, bilinear); the residual is the share of the
     transformed kernels' energy that no linear combination of the module's own kernels
-    reproduces. 0 means that a vl×vl matrix M(δ) predicts the module's transformed features
-    exactly — the equivariance the training asks for — and is what an isotropic module gets for
+    reproduces. 0 means that a vl x vl matrix M(delta) predicts the module's transformed features
+    exactly - the equivariance the training asks for - and is what an isotropic module gets for
     free; random kernels of size K have residuals near 1.
     """
     import kornia
@@ -185,7 +185,7 @@ def span_residuals(ae: ModularAutoencoder, n_angles: int = 16, shifts=((1, 0), (
     vl = ae.vector_length
     flat = w.reshape(C, 3, H, W)
 
-    def residual(t: torch.Tensor) -> torch.Tensor:   # t: C×3×H×W transformed kernels
+    def residual(t: torch.Tensor) -> torch.Tensor:   # t: C x 3 x H x W transformed kernels
         out = []
         for i in range(ae.n_vector):
             B = flat[i * vl:(i + 1) * vl].reshape(vl, -1)
@@ -220,18 +220,18 @@ def summary(tunings: list[ModuleTuning]) -> dict:
 
 
 def derive_groups(ae: ModularAutoencoder, tunings: list[ModuleTuning] | None = None) -> list[dict]:
-    """Named groups for a trained model, in the authors' order and meaning (HC0 … HC5).
+    """Named groups for a trained model, in the authors' order and meaning (HC0 ... HC5).
 
-    * HC0 colour: modules with chroma fraction ≥ 0.5 (at least the most chromatic one);
+    * HC0 colour: modules with chroma fraction >= 0.5 (at least the most chromatic one);
     * the achromatic rest, split by orientation selectivity and preferred spatial frequency
       (the upper third of their frequencies counts as high):
       HC1 brightness: non-oriented modules below the high frequencies (at least one);
-      HC2 edges: the oriented modules (OSI ≥ 0.5) but the best; HC3: the most
+      HC2 edges: the oriented modules (OSI >= 0.5) but the best; HC3: the most
       orientation-selective module (the authors use theirs for sketches and line art);
       HC4 high and HC5 the highest spatial frequencies (non-oriented); weak modules go to HC5.
-    HC0–HC5 partition the modules as the authors' do, except that HC2 equals HC3 when there is
+    HC0-HC5 partition the modules as the authors' do, except that HC2 equals HC3 when there is
     a single oriented module; a group that would be empty is left out. Aliases follow:
-    ``colour`` (HC0), ``brightness`` (HC1), ``edges`` (HC2 ∪ HC3), ``structure`` (all but colour).
+    ``colour`` (HC0), ``brightness`` (HC1), ``edges`` (HC2 + HC3), ``structure`` (all but colour).
     Every description records the measures that placed its modules there.
     """
     t = tunings or module_tuning(ae)

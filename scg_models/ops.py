@@ -15,8 +15,8 @@ import torch.nn.functional as F
 def conv_transpose2d_full(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, groups: int = 1) -> torch.Tensor:
     """``F.conv_transpose2d(x, weight, stride=stride, groups=groups)`` with padding 0.
 
-    x: B×Cin×h×w; weight: Cin×(Cout/groups)×K×K (the transposed-conv layout).
-    Returns B×Cout×((h-1)·s+K)×((w-1)·s+K).
+    x: B x Cin x h x w; weight: Cin x (Cout/groups) x K x K (the transposed-conv layout).
+    Returns B x Cout x ((h-1)*s+K) x ((w-1)*s+K).
     """
     cin, cog, k, k2 = weight.shape
     if k != k2:
@@ -38,7 +38,7 @@ def conv_transpose2d_full(x: torch.Tensor, weight: torch.Tensor, stride: int = 1
 def conv2d_polyphase(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
     """``F.conv2d(x, weight, stride=stride, padding=padding)`` computed on ``pixel_unshuffle``-d input.
 
-    x: B×C×H×W; weight: O×C×K×K. Returns B×O×h×w, h = ⌊(H+2p-K)/s⌋+1.
+    x: B x C x H x W; weight: O x C x K x K. Returns B x O x h x w, h = floor((H+2p-K)/s)+1.
     """
     s = stride
     o, c, k, _ = weight.shape

@@ -9,7 +9,7 @@ import torch
 import scg_models
 from scg_models import AutoencoderConfig, CheckpointError, ModularAutoencoder, SCGError, formats
 from authors_files import AE_KEYS, ae_factors, save_authors_pth
-from helpers import images, random_ae
+from scg_testing.core import images, random_ae
 
 ROOT = Path(__file__).resolve().parents[2]
 
