@@ -1,8 +1,8 @@
 // Recorder hooks, installed once per page. They observe and call through, never change behaviour:
 // * an extension with the afterConfigureGraph(missingNodeTypes) hook, which loadGraphData calls with
 //   the node types LiteGraph does not know (strings, or {type, hint} in subgraphs);
-// * app.showMissingNodesError (loadGraphData calls it when types are missing; older frontends open
-//   the "missing nodes" dialog there, newer ones an error overlay);
+// * the missing-nodes report: the action surfaceMissingNodes of whichever store has it (newer
+//   frontends: the errors overlay), else app.showMissingNodesError (older ones: the "missing nodes" dialog);
 // * the missing-models report: app.showMissingModelsError where it exists, else the action
 //   setMissingModels of whichever store has it;
 // * toast store actions (validation warnings, load errors) and console.warn / console.error.
@@ -20,12 +20,20 @@ const wrap = (obj, name, record) => {
   const orig = obj[name];
   obj[name] = function (...args) { record(args); return orig.apply(this, args); };
 };
-wrap(app, 'showMissingNodesError', (args) => H.rec.missingNodesCalls.push(safe(args[0])));
+const typesOf = (list) => (list || []).map(t => typeof t === 'string' ? t : t.type);
+const surfacing = storesWith('surfaceMissingNodes');
+for (const s of surfacing) {
+  s.$onAction(({name, args}) => {
+    if (name === 'surfaceMissingNodes' && (args[0] || []).length) H.rec.missingNodesCalls.push(typesOf(args[0]));
+  });
+}
+if (!surfacing.length) wrap(app, 'showMissingNodesError', (args) => H.rec.missingNodesCalls.push(typesOf(args[0])));
 if (typeof app.showMissingModelsError === 'function') {
   wrap(app, 'showMissingModelsError', (args) => H.rec.missingModelsCalls.push(safe(args[0])));
 }
 for (const s of storesWith('setMissingModels')) {
-  s.$onAction(({name, args}) => { if (name === 'setMissingModels') H.rec.missingModelsCalls.push(safe(args[0])); });
+  // set more than once per load (candidates, then verified): the last report counts
+  s.$onAction(({name, args}) => { if (name === 'setMissingModels') H.rec.missingModelsCalls = [safe(args[0])]; });
 }
 const toast = app.extensionManager.toast;
 if (toast && toast.$onAction) {

@@ -24,9 +24,11 @@ try {
 // its own in newer ones; whichever store holds lastNodeErrors
 const holders = storesWith('lastNodeErrors');
 const nodeErrors = holders.map(s => s.lastNodeErrors).find(v => v && Object.keys(v).length) || null;
+// a refused prompt: older frontends open the 'global-error' dialog, newer ones keep lastPromptError
+const promptError = storesWith('lastPromptError').map(s => s.lastPromptError).find(Boolean) || null;
 return JSON.stringify({
   ok, response: safe(response), error, thrown,
-  nodeErrors: safe(nodeErrors),
+  nodeErrors: safe(nodeErrors), promptError: safe(promptError),
   newDialogs: dialogKeys().filter(k => !before.includes(k)),
   toasts: H ? H.rec.toasts : [],
 });

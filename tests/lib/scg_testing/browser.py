@@ -481,7 +481,8 @@ class QueueResult:
     response: dict | None  # the server's answer to POST /prompt
     error: dict | None  # {message, response} when POST /prompt failed
     node_errors: Any  # what the frontend keeps as the last node errors
-    new_dialogs: list[str]  # e.g. "global-error" when the frontend showed its error dialog
+    new_dialogs: list[str]  # dialogs the call opened
+    error_shown: bool  # the frontend told the user the prompt was refused (error dialog, or its errors panel)
     raw: dict = field(repr=False, default_factory=dict)
 
 
@@ -492,7 +493,8 @@ def queue_current_graph(driver: ChromeSession) -> QueueResult:
     prompt_id = (data["response"] or {}).get("prompt_id")
     return QueueResult(ok=bool(prompt_id) and not error and not data["nodeErrors"], prompt_id=prompt_id,
                        response=data["response"], error=error, node_errors=data["nodeErrors"],
-                       new_dialogs=data["newDialogs"], raw=data)
+                       new_dialogs=data["newDialogs"],
+                       error_shown="global-error" in data["newDialogs"] or bool(data["promptError"]), raw=data)
 
 
 def screenshot(driver: ChromeSession, path: str | os.PathLike) -> Path:
