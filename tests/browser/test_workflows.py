@@ -1,38 +1,32 @@
-"""Every shipped workflow (workflows/*.json) in ComfyUI's real frontend, the way users use it.
+"""Every shipped workflow (``workflows/*.json``, the pack's templates) in ComfyUI's real frontend.
 
-One ComfyUI server (this repository symlinked into its ``custom_nodes/`` as ``scg-comfy``)
-and one headless Chromium page serve every test in this module. For each workflow:
+One ComfyUI server (this repository symlinked into its ``custom_nodes/`` as ``scg-comfy``, stand-in SD1.5
+files with the names the workflows use) and one headless Chromium page serve the module. For each workflow:
 
-* it is loaded the way a drag-and-drop loads it (``app.handleFile(file, "file_drop")``)
-  with no missing-node, missing-model or widget warning;
-* the frontend's own conversion (``app.graphToPrompt()``) gives the same API prompt as
-  tests/host/ui_workflow.py derives from the file and the server's ``/object_info``
-  (every widget value lands in the input it was written for);
-* it is queued with the frontend's own call (``app.queuePrompt``) and the server
-  accepts it (no node errors). The SD1.5 workflows run against stand-in model files
-  (tiny valid files with the names the workflows use), so a run may end in an error,
-  but only in a model loader, never in validation;
-* ``hypercolumn_preview`` runs to the end with a random autoencoder in the authors'
-  layout, and every preview image is in the page (``app.nodeOutputs`` and the loaded
-  ``<img>`` of each Preview Image node); screenshot.
+* it loads the way a drop loads it (``app.handleFile``) with no missing-node, missing-model or widget warning;
+* the frontend's own conversion (``app.graphToPrompt()``) equals the converter's (``scg_testing.workflows``,
+  from the server's ``/object_info``), and so does the API-format file shipped in ``workflows/api/``;
+* the frontend's own Run (``app.queuePrompt``) is accepted; the SD1.5 workflows may then stop, but only in a
+  model loader (stand-in weights); the hypercolumn preview runs to the end with the SHIPPED autoencoder and
+  every preview is in the page;
+* its thumbnail ``workflows/<name>.jpg`` is served where the template browser looks for it.
 
-Also: ``GET /api/workflow_templates`` lists the workflows as this pack's templates, the
-page's template browser knows them, and one loads like a click in the template browser.
+The input folder holds a user's own ``scg_example.jpg``: the extension's first-run setup must keep it.
 
-Screenshots go to ``$SCG_SCREENSHOT_DIR`` (relative paths are taken from the repository
-root, e.g. ``SCG_SCREENSHOT_DIR=docs/img``) when it is set, else into pytest's tmp dir:
-``sd15_scg_txt2img_graph.png`` and ``hypercolumn_preview_ran.png``.
+``SCG_SCREENSHOT_DIR=docs/img`` writes the README's screenshots (relative to the repository root);
+``SCG_WRITE_WORKFLOW_FILES=1`` rewrites the thumbnails and ``workflows/api/*.json`` from this run instead of
+checking them.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 import struct
-import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -44,27 +38,16 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 PACK = "scg-comfy"  # the folder name the README's install uses; the template browser's module name
 WORKFLOWS = workflows.names()
-RUNS_TO_THE_END = "hypercolumn_preview"
-GRAPH_SHOT = ("sd15_scg_txt2img", "sd15_scg_txt2img_graph.png")
+RUNS_TO_THE_END = "SCG hypercolumn preview"
+GRAPH_SHOT = ("SCG text to image (SD1.5)", "sd15_scg_txt2img_graph.png")
 RAN_SHOT = (RUNS_TO_THE_END, "hypercolumn_preview_ran.png")
 #: the graph screenshot's workflow first (no earlier run in the queue panel), then the one that runs
 ORDER = sorted(WORKFLOWS, key=lambda n: (n != GRAPH_SHOT[0], n != RUNS_TO_THE_END, n))
-#: big enough for the graphs to fit at a readable zoom
-WINDOW = (1600, 1000)
-
-#: loader node -> (widget index of the file name, model folder)
-LOADERS = {
-    "CheckpointLoaderSimple": (0, "checkpoints"),
-    "ControlNetLoader": (0, "controlnet"),
-    "LoadSCGControlNet": (0, "controlnet"),
-    "LoadSCGAutoencoder": (0, "scg"),
-}
-
+WINDOW = (1600, 1000)  # big enough for the graphs to fit at a readable zoom
+WRITE = os.environ.get("SCG_WRITE_WORKFLOW_FILES") == "1"
+THUMBNAIL = (512, 384)
 #: console lines of failed outside requests (none can succeed here), not about the workflow
 NETWORK_NOISE = ("Failed to fetch", "net::ERR", "NetworkError")
-#: README screenshots: palette PNGs stay well under 400 kB
-SCREENSHOT_COLOURS = 256
-
 RUN_TIMEOUT = float(os.environ.get("SCG_BROWSER_RUN_TIMEOUT", "150"))
 
 
@@ -95,31 +78,27 @@ def _tiny_pickle_ckpt(path: Path) -> None:
     torch.save({"state_dict": {"scg_stand_in": torch.zeros(1)}}, path)
 
 
-def _prepare_base_dir(base: Path) -> dict[str, set[str]]:
-    """Stand-in model files and input images that every workflow names, in ComfyUI's base dir."""
-    made: dict[str, set[str]] = {}
+def _user_image() -> bytes:
+    """A user's own scg_example.jpg: the example at half size (another valid image, other bytes)."""
+    from PIL import Image
+
+    with Image.open(workflows.WORKFLOW_DIR / "scg_example.jpg") as im:
+        out = io.BytesIO()
+        im.convert("RGB").resize((im.width // 2, im.height // 2)).save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+def _prepare_base_dir(base: Path) -> None:
+    """Stand-in files for the SD1.5 models the workflows name (the shipped autoencoder is used as is)."""
     for name in WORKFLOWS:
         for node in workflows.read(name)["nodes"]:
-            values = node.get("widgets_values") or []
-            if node["type"] == "LoadSCGAutoencoder":
-                continue  # the shipped autoencoder (scg_models/weights) runs
-            if node["type"] in LOADERS:
-                index, folder = LOADERS[node["type"]]
-                made.setdefault(folder, set()).add(values[index])
-            elif node["type"] == "LoadImage":
-                made.setdefault("input", set()).add(values[0])
-    for image in made.pop("input", ()):
-        (base / "input").mkdir(parents=True, exist_ok=True)
-        shutil.copy(workflows.WORKFLOW_DIR / image, base / "input" / image)
-    for folder, names in made.items():
-        (base / "models" / folder).mkdir(parents=True, exist_ok=True)
-        for file_name in names:
-            path = base / "models" / folder / file_name
-            if file_name.endswith(".safetensors"):
-                _tiny_safetensors(path)
-            else:
-                _tiny_pickle_ckpt(path)
-    return made
+            folder = workflows.SD15_LOADERS.get(node["type"])
+            if folder:
+                path = base / "models" / folder / node["widgets_values"][0]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                (_tiny_safetensors if path.suffix == ".safetensors" else _tiny_pickle_ckpt)(path)
+    (base / "input").mkdir(parents=True, exist_ok=True)
+    (base / "input" / "scg_example.jpg").write_bytes(_user_image())
 
 
 # --------------------------------------------------------------------------------------
@@ -128,15 +107,11 @@ def _prepare_base_dir(base: Path) -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def stand_ins(tmp_path_factory):
+def server(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("comfy")
-    return SimpleNamespace(workdir=workdir, files=_prepare_base_dir(workdir / "base"))
-
-
-@pytest.fixture(scope="module")
-def server(stand_ins):
+    _prepare_base_dir(workdir / "base")
     with harness.comfyui_server(
-        stand_ins.workdir,
+        workdir,
         packs={PACK: ROOT},
         # README screenshots: no minimap over the canvas, node text drawn at any zoom
         settings={"Comfy.Minimap.Visible": False, "LiteGraph.Canvas.MinFontSizeForLOD": 0},
@@ -164,28 +139,6 @@ def object_info(server):
 # page state
 # --------------------------------------------------------------------------------------
 
-def _previews_shown(page, ids) -> dict | None:
-    state = harness.run_js(page, "previews", list(ids))
-    for entry in state.values():
-        if not entry["outputs"] or len(entry["imgs"]) != len(entry["outputs"]):
-            return None
-        if not all(i["complete"] and i["w"] > 0 and i["h"] > 0 for i in entry["imgs"]):
-            return None
-    return state
-
-
-def _wait_previews(page, ids, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = _previews_shown(page, ids)
-        if state:
-            return state
-        if time.monotonic() > deadline:
-            raise AssertionError(f"previews not shown in the page after {timeout:.0f}s: "
-                                 f"{harness.run_js(page, 'previews', list(ids))}")
-        time.sleep(0.25)
-
-
 def _clean_screenshot(page, path: Path) -> Path:
     """Fit the graph to the window, close every dialog, screenshot; checks it is a real PNG."""
     harness.close_dialogs(page)
@@ -205,9 +158,23 @@ def _compact_png(path: Path) -> Path:
         return path
     with Image.open(path) as im:
         rgb = im.convert("RGB")
-    rgb.quantize(colors=SCREENSHOT_COLOURS, method=Image.Quantize.MEDIANCUT,
+    rgb.quantize(colors=256, method=Image.Quantize.MEDIANCUT,
                  dither=Image.Dither.NONE).save(path, optimize=True)
     return path
+
+
+def _thumbnail(shot: Path, name: str) -> None:
+    """``workflows/<name>.jpg`` from a screenshot of the fitted graph: the canvas below the tab bar, its
+    middle 4:3, scaled to the template card's size."""
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        w, h = im.size
+        top, bottom = 64, h - 48
+        cw = (bottom - top) * 4 // 3
+        box = ((w - cw) // 2, top, (w + cw) // 2, bottom)
+        im.convert("RGB").crop(box).resize(THUMBNAIL, Image.Resampling.LANCZOS).save(
+            workflows.WORKFLOW_DIR / f"{name}.jpg", "JPEG", quality=85, optimize=True)
 
 
 def _strip_prompt(prompt: dict) -> dict:
@@ -230,8 +197,13 @@ def test_every_workflow_is_covered():
     assert len(WORKFLOWS) >= 4, WORKFLOWS
 
 
+def test_first_load_kept_the_users_image(server):
+    assert (server.input_dir / "scg_example.jpg").read_bytes() == _user_image()
+    assert (server.models_dir / "scg").is_dir()
+
+
 @pytest.mark.parametrize("name", ORDER)
-def test_workflow_drops_converts_queues(name, server, page, object_info, shots):
+def test_workflow_drops_converts_queues(name, server, page, object_info, shots, tmp_path):
     workflow = workflows.read(name)
 
     # 1. dropped into the page: no missing node, no missing model, every widget value valid
@@ -242,12 +214,17 @@ def test_workflow_drops_converts_queues(name, server, page, object_info, shots):
     assert sorted((n["id"], n["type"]) for n in res.nodes) == sorted((str(n["id"]), n["type"]) for n in workflow["nodes"])
     assert not [n for n in res.nodes if n["has_errors"]]
 
-    # 2. the frontend's own conversion puts every widget value where the file means it
+    # 2. the frontend's own conversion puts every widget value where the file means it; the shipped API
+    #    file is the converter's output
     prompt = harness.graph_to_prompt(page)
-    assert _strip_prompt(prompt) == _strip_prompt(workflows.to_api(workflow, object_info))
+    expected = workflows.to_api(workflow, object_info)
+    assert _strip_prompt(prompt) == _strip_prompt(expected)
+    if WRITE:
+        workflows.API_DIR.mkdir(exist_ok=True)
+        workflows.api_path(name).write_text(workflows.dump(expected), encoding="utf-8")
+    assert workflows.api_path(name).read_text(encoding="utf-8") == workflows.dump(expected)
 
-    if name == GRAPH_SHOT[0]:
-        _clean_screenshot(page, shots / GRAPH_SHOT[1])
+    shot = _clean_screenshot(page, shots / GRAPH_SHOT[1] if name == GRAPH_SHOT[0] else tmp_path / "graph.png")
 
     # 3. queued with the frontend's own call: the server accepts it
     q = harness.queue_current_graph(page)
@@ -262,30 +239,43 @@ def test_workflow_drops_converts_queues(name, server, page, object_info, shots):
     print(f"{name}: {status}", error and (error.get("node_type"), str(error.get("exception_message"))[:300]))
 
     if name == RUNS_TO_THE_END:
-        # 4. runs to the end; the previews are in the page itself
+        # 4. runs to the end with the shipped autoencoder; the previews are in the page itself
         assert status == "success" and error is None, entry["status"]
         preview_ids = [str(n["id"]) for n in workflow["nodes"] if n["type"] == "PreviewImage"]
-        assert preview_ids
-        assert set(preview_ids) <= set(entry["outputs"]), entry["outputs"].keys()
-        state = _wait_previews(page, preview_ids)
+        assert preview_ids and set(preview_ids) <= set(entry["outputs"]), entry["outputs"].keys()
+        state = harness.previews(page, preview_ids)
         for node_id in preview_ids:
             assert state[node_id]["outputs"] == [i["filename"] for i in entry["outputs"][node_id]["images"]]
-        _clean_screenshot(page, shots / RAN_SHOT[1])
-        # still shown after the screenshot's redraw
-        assert _previews_shown(page, preview_ids)
+        shot = _clean_screenshot(page, shots / RAN_SHOT[1])
+        assert harness.previews(page, preview_ids, timeout=5)  # still shown after the screenshot's redraw
     else:
-        # stand-in weights: the run may stop, but only where a model file is loaded
+        # stand-in weights: the run may stop, but only where an SD1.5 model file is loaded
         if status != "success":
-            assert error is not None, entry["status"]
-            assert error["kind"] == "execution_error", error
-            loaders = {str(n["id"]) for n in workflow["nodes"] if n["type"] in LOADERS}
-            assert error.get("node_type") in LOADERS and str(error.get("node_id")) in loaders, error
+            assert error is not None and error["kind"] == "execution_error", entry["status"]
+            loaders = {str(n["id"]) for n in workflow["nodes"] if n["type"] in workflows.SD15_LOADERS}
+            assert error.get("node_type") in workflows.SD15_LOADERS and str(error.get("node_id")) in loaders, error
         harness.close_dialogs(page)  # the execution-error dialog, if any
+    if WRITE:
+        _thumbnail(shot, name)
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_thumbnail_is_served_where_the_template_browser_looks(name, server):
+    # the frontend's thumbnail of a custom node's template: /api/workflow_templates/<pack>/<name>.jpg
+    from PIL import Image
+
+    url = f"{server.url}/api/workflow_templates/{PACK}/{urllib.parse.quote(name)}.jpg"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.headers["Content-Type"] == "image/jpeg"
+        data = resp.read()
+    assert data == (workflows.WORKFLOW_DIR / f"{name}.jpg").read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "JPEG" and im.size == THUMBNAIL
 
 
 def test_template_browser_lists_and_loads_the_workflows(server, page):
     listed = harness.list_templates(server.url)
-    assert sorted(listed.get(PACK, [])) == WORKFLOWS, listed
+    assert sorted(listed.get(PACK, [])) == WORKFLOWS, listed  # workflows/api/*.json are no templates
 
     known = harness.page_templates(page)
     assert known["loaded"] is True

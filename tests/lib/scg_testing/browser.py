@@ -482,7 +482,7 @@ class QueueResult:
     error: dict | None  # {message, response} when POST /prompt failed
     node_errors: Any  # what the frontend keeps as the last node errors
     new_dialogs: list[str]  # dialogs the call opened
-    error_shown: bool  # the frontend told the user the prompt was refused (error dialog, or its errors panel)
+    error_shown: bool  # the frontend shows the refusal: error dialog, errors panel, or nodes marked with errors
     raw: dict = field(repr=False, default_factory=dict)
 
 
@@ -494,7 +494,8 @@ def queue_current_graph(driver: ChromeSession) -> QueueResult:
     return QueueResult(ok=bool(prompt_id) and not error and not data["nodeErrors"], prompt_id=prompt_id,
                        response=data["response"], error=error, node_errors=data["nodeErrors"],
                        new_dialogs=data["newDialogs"],
-                       error_shown="global-error" in data["newDialogs"] or bool(data["promptError"]), raw=data)
+                       error_shown="global-error" in data["newDialogs"] or bool(data["promptError"] or data["nodeErrors"]),
+                       raw=data)
 
 
 def screenshot(driver: ChromeSession, path: str | os.PathLike) -> Path:
@@ -504,6 +505,18 @@ def screenshot(driver: ChromeSession, path: str | os.PathLike) -> Path:
     run_js(driver, "redraw")
     path.write_bytes(driver.get_screenshot_as_png())
     return path
+
+
+def previews(driver: ChromeSession, node_ids: Sequence[str], timeout: float = 30.0) -> dict:
+    """Wait until each node shows its output images (``app.nodeOutputs`` and loaded ``<img>``s); the page's state."""
+    def shown():
+        state = run_js(driver, "previews", list(node_ids))
+        return state if all(e["outputs"] and len(e["imgs"]) == len(e["outputs"]) and
+                            all(i["complete"] and i["w"] > 0 for i in e["imgs"]) for e in state.values()) else None
+    try:
+        return _wait(shown, timeout, interval=0.25, what="the previews")
+    except HarnessError as exc:
+        raise HarnessError(f"{exc}: {run_js(driver, 'previews', list(node_ids))}") from None
 
 
 def page_templates(driver: ChromeSession) -> dict:

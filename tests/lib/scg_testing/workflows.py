@@ -52,3 +52,8 @@ def dump(prompt: dict) -> str:
     """The text of an API file: sorted node ids, two-space indent, ASCII escapes, final newline."""
     ordered = {k: prompt[k] for k in sorted(prompt, key=int)}
     return json.dumps(ordered, indent=2) + "\n"
+
+
+#: the loaders of SD1.5 weights in the workflows (node type -> model folder): files no user has the first time
+SD15_LOADERS = {"CheckpointLoaderSimple": "checkpoints", "ControlNetLoader": "controlnet",
+                "LoadSCGControlNet": "controlnet"}
