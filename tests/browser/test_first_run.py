@@ -8,10 +8,16 @@ this repository in ``custom_nodes/``. Then, as a new user would:
 * each template loads like a click in the template browser, and its first Run works: the hypercolumn preview
   runs to the end with the shipped autoencoder; the SD1.5 templates are refused only in their loaders, for
   the SD1.5 weights no fresh host has (the frontend names them, with their download links), and whatever
-  needs no SD1.5 weights (the Canny preview) runs.
+  needs no SD1.5 weights (the Canny preview) runs;
+* the README's section on queueing a workflow over HTTP works as written against this host.
 """
 from __future__ import annotations
 
+import json
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +87,30 @@ def test_template_runs_the_first_time(name, server, page):
         assert q.prompt_id or loaders
     finally:
         harness.close_dialogs(page)
+
+
+def test_readme_queues_a_workflow_over_http(server, tmp_path):
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("### Queueing a workflow over HTTP")[1]
+    blocks = dict(re.findall(r"```(\w+)\n(.*?)```", section.split("\n## ")[0], re.S))
+    script = ROOT / "scripts" / "queue_workflow.py"
+    assert blocks["python"] in script.read_text(encoding="utf-8")  # the README shows the script's own code
+    command = shlex.split(blocks["bash"])
+    assert command[:2] == ["python", "scripts/queue_workflow.py"], command
+    # the README's command, with this host's address and a temp folder (later options win)
+    done = subprocess.run([sys.executable, *command[1:], "--server", server.url, "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    saved = [Path(line) for line in done.stdout.splitlines()]
+    prompt = json.loads((ROOT / command[2]).read_text(encoding="utf-8"))
+    previews = [k for k, v in prompt.items() if v["class_type"] == "PreviewImage"]
+    assert len(saved) == len(previews) >= 4
+    assert all(p.parent == tmp_path and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in saved), saved
+
+
+def test_queue_script_reports_a_refused_workflow(server, tmp_path):
+    prompt = workflows.to_api(workflows.read("SCG text to image (SD1.5)"), harness.object_info(server.url))
+    path = tmp_path / "refused.json"
+    path.write_text(json.dumps(prompt))
+    done = subprocess.run([sys.executable, "scripts/queue_workflow.py", str(path), "--server", server.url,
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "HTTP 400" in done.stderr and "value_not_in_list" in done.stderr, done.stderr
