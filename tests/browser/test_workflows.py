@@ -79,12 +79,12 @@ def _tiny_pickle_ckpt(path: Path) -> None:
 
 
 def _user_image() -> bytes:
-    """A user's own scg_example.jpg: the example at half size (another valid image, other bytes)."""
+    """A user's own scg_example.jpg: the example re-encoded (the same picture, other bytes)."""
     from PIL import Image
 
     with Image.open(workflows.WORKFLOW_DIR / "scg_example.jpg") as im:
         out = io.BytesIO()
-        im.convert("RGB").resize((im.width // 2, im.height // 2)).save(out, "JPEG", quality=80)
+        im.convert("RGB").save(out, "JPEG", quality=70)
     return out.getvalue()
 
 
@@ -164,17 +164,21 @@ def _compact_png(path: Path) -> Path:
 
 
 def _thumbnail(shot: Path, name: str) -> None:
-    """``workflows/<name>.jpg`` from a screenshot of the fitted graph: the canvas below the tab bar, its
-    middle 4:3, scaled to the template card's size."""
-    from PIL import Image
+    """``workflows/<name>.jpg`` from a screenshot of the fitted graph: the canvas below the frontend's bars,
+    trimmed to the nodes, scaled into the template card's size on the canvas colour."""
+    from PIL import Image, ImageChops
 
     with Image.open(shot) as im:
-        w, h = im.size
-        top, bottom = 64, h - 48
-        cw = (bottom - top) * 4 // 3
-        box = ((w - cw) // 2, top, (w + cw) // 2, bottom)
-        im.convert("RGB").crop(box).resize(THUMBNAIL, Image.Resampling.LANCZOS).save(
-            workflows.WORKFLOW_DIR / f"{name}.jpg", "JPEG", quality=85, optimize=True)
+        canvas = im.convert("RGB").crop((120, 130, im.width - 8, im.height - 80))
+    background = canvas.getpixel((2, 2))
+    diff = ImageChops.difference(canvas, Image.new("RGB", canvas.size, background)).convert("L")
+    box = diff.point(lambda v: 255 if v > 24 else 0).getbbox()
+    if box:
+        canvas = canvas.crop((max(box[0] - 12, 0), max(box[1] - 12, 0), box[2] + 12, box[3] + 12))
+    canvas.thumbnail(THUMBNAIL, Image.Resampling.LANCZOS)
+    card = Image.new("RGB", THUMBNAIL, background)
+    card.paste(canvas, ((THUMBNAIL[0] - canvas.width) // 2, (THUMBNAIL[1] - canvas.height) // 2))
+    card.save(workflows.WORKFLOW_DIR / f"{name}.jpg", "JPEG", quality=88, optimize=True)
 
 
 def _strip_prompt(prompt: dict) -> dict:
