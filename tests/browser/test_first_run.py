@@ -4,7 +4,7 @@ ComfyUI starts with empty models/input/output/user folders of its own (``--base-
 this repository in ``custom_nodes/``. Then, as a new user would:
 
 * the extension's first load made ``models/scg`` and put the example image into the input folder;
-* the template browser lists every workflow with its thumbnail;
+* the template browser shows every workflow with its title and thumbnail;
 * each template loads like a click in the template browser, and its first Run works: the hypercolumn preview
   runs to the end with the shipped autoencoder; the SD1.5 templates are refused only in their loaders, for
   the SD1.5 weights no fresh host has (the frontend names them, with their download links), and whatever
@@ -50,9 +50,15 @@ def test_first_load_made_the_model_folder_and_the_example_image(server):
     assert "scg_example.jpg" in harness.object_info(server.url)["LoadImage"]["input"]["required"]["image"][0]
 
 
-def test_template_browser_lists_every_workflow(server, page):
-    assert sorted(harness.list_templates(server.url)[PACK]) == workflows.names()
-    assert sorted(harness.page_templates(page)["custom"][PACK]) == workflows.names()
+def test_template_browser_shows_every_workflow_with_title_and_thumbnail(server, page):
+    names = workflows.names()
+    assert sorted(harness.list_templates(server.url)[PACK]) == names
+    assert sorted(harness.page_templates(page)["custom"][PACK]) == names
+    # what the user sees in the template browser: a card per workflow, its title, its thumbnail loaded
+    shown = harness.run_js(page, "template_browser", PACK, names, harness.TEMPLATES_DIALOG_KEY)
+    assert sorted(shown["titles"]) == names, shown
+    assert shown["thumbs"] == {name: [512, 384] for name in names}, shown
+    assert harness.open_dialogs(page) == []
 
 
 @pytest.mark.parametrize("name", workflows.names())
