@@ -3,7 +3,7 @@
 # chromedriver. Idempotent: apt only runs when /usr/bin/chromium or
 # /usr/bin/chromedriver is missing.
 #
-# No Python package is needed: tests/browser/harness.py speaks the W3C WebDriver
+# No Python package is needed: tests/lib/scg_testing/browser.py speaks the W3C WebDriver
 # HTTP protocol to /usr/bin/chromedriver with the standard library, so this works
 # whichever venv the tests later run in, and nothing downloads a browser of its own.
 set -euo pipefail

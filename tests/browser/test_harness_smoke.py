@@ -21,7 +21,7 @@ import json
 
 import pytest
 
-import harness
+from scg_testing import browser as harness
 
 pytestmark = pytest.mark.browser
 
@@ -122,17 +122,13 @@ def smoke_pack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(smoke_pack, tmp_path_factory):
-    with harness.comfyui_server(
-        workdir=tmp_path_factory.mktemp("comfy"),
-        custom_node_packs={PACK_NAME: smoke_pack},
-        startup_timeout=90,
-    ) as srv:
+    with harness.comfyui_server(tmp_path_factory.mktemp("comfy"), packs={PACK_NAME: smoke_pack}) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def page(server, tmp_path_factory):
-    with harness.chromium_page(server.url, workdir=tmp_path_factory.mktemp("chromium")) as driver:
+    with harness.chromium_page(server.url, tmp_path_factory.mktemp("chromium")) as driver:
         yield driver
 
 
@@ -140,7 +136,7 @@ def test_core_workflow_loads_converts_queues_and_runs(server, page, tmp_path):
     res = harness.load_workflow(page, TINY_WORKFLOW, filename="scg_smoke_tiny.json")
     assert res.error is None
     assert res.missing_types == []
-    assert res.missing_nodes_dialog == []
+    assert res.missing_nodes_reported == []
     assert res.ok, res.warnings
     # widgets_values landed in the right widgets
     assert res.node(1)["widgets"] == {"width": 64, "height": 48, "batch_size": 1, "color": 0xFF0000}
@@ -168,12 +164,12 @@ def test_core_workflow_loads_converts_queues_and_runs(server, page, tmp_path):
 
 
 def test_missing_node_type_and_model_are_reported(page):
-    res = harness.load_workflow(page, _broken_workflow(), filename="broken.json", close_warning_dialogs=False)
+    res = harness.load_workflow(page, _broken_workflow(), filename="broken.json")
     try:
         assert res.error is None
         assert res.missing_types == [MISSING_TYPE]
-        assert res.missing_nodes_dialog == [[MISSING_TYPE]]
-        assert harness.MISSING_NODES_DIALOG_KEY in res.dialogs
+        # the call that shows the user the missing nodes (a dialog in older frontends, an overlay in newer)
+        assert res.missing_nodes_reported == [[MISSING_TYPE]]
         assert [m["name"] for m in res.missing_models] == ["scg_not_there.safetensors"]
         # the frontend loads a combo value that is not in its list silently; the harness flags it
         assert [(p["type"], p["widget"], p["problem"]) for p in res.widget_problems] == [
@@ -185,12 +181,13 @@ def test_missing_node_type_and_model_are_reported(page):
         harness.close_dialogs(page)
     assert harness.open_dialogs(page) == []
 
-    # queueing it is refused by the server; the frontend shows its error dialog
+    # queueing it is refused by the server; the frontend shows the error
     q = harness.queue_current_graph(page)
     try:
         assert not q.ok and q.prompt_id is None
-        assert q.error and q.error["response"]["error"]["type"] in ("invalid_prompt", "prompt_outputs_failed_validation")
-        assert "global-error" in q.new_dialogs
+        refused = ("invalid_prompt", "prompt_outputs_failed_validation", "missing_node_type")
+        assert q.error and q.error["response"]["error"]["type"] in refused
+        assert q.error_shown, q.raw
     finally:
         harness.close_dialogs(page)
 

@@ -1,0 +1,122 @@
+"""The templates on a FRESH host, the first time: nothing copied, downloaded or configured by hand.
+
+ComfyUI starts with empty models/input/output/user folders of its own (``--base-directory`` in a temp dir) and
+this repository in ``custom_nodes/``. Then, as a new user would:
+
+* the extension's first load made ``models/scg`` and put the example image into the input folder;
+* the template browser shows every workflow with its title and thumbnail;
+* each template loads like a click in the template browser, and its first Run works: the hypercolumn preview
+  runs to the end with the shipped autoencoder; the SD1.5 templates are refused only in their loaders, for
+  the SD1.5 weights no fresh host has (the frontend names them, with their download links), and whatever
+  needs no SD1.5 weights (the Canny preview) runs;
+* the README's section on queueing a workflow over HTTP works as written against this host.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scg_testing import browser as harness
+from scg_testing import workflows
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+PACK = "scg-comfy"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with harness.comfyui_server(tmp_path_factory.mktemp("fresh"), packs={PACK: ROOT}) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def page(server, tmp_path_factory):
+    with harness.chromium_page(server.url, tmp_path_factory.mktemp("chromium")) as driver:
+        yield driver
+
+
+def test_first_load_made_the_model_folder_and_the_example_image(server):
+    assert (server.models_dir / "scg").is_dir()
+    example = workflows.WORKFLOW_DIR / "scg_example.jpg"
+    assert (server.input_dir / example.name).read_bytes() == example.read_bytes()
+    assert "scg_example.jpg" in harness.object_info(server.url)["LoadImage"]["input"]["required"]["image"][0]
+
+
+def test_template_browser_shows_every_workflow_with_title_and_thumbnail(server, page):
+    names = workflows.names()
+    assert sorted(harness.list_templates(server.url)[PACK]) == names
+    assert sorted(harness.page_templates(page)["custom"][PACK]) == names
+    # what the user sees in the template browser: a card per workflow, its title, its thumbnail loaded
+    shown = harness.run_js(page, "template_browser", PACK, names, harness.TEMPLATES_DIALOG_KEY)
+    assert sorted(shown["titles"]) == names, shown
+    assert shown["thumbs"] == {name: [512, 384] for name in names}, shown
+    assert harness.open_dialogs(page) == []
+
+
+@pytest.mark.parametrize("name", workflows.names())
+def test_template_runs_the_first_time(name, server, page):
+    workflow = workflows.read(name)
+    loaders = {str(n["id"]): n for n in workflow["nodes"] if n["type"] in workflows.SD15_LOADERS}
+    res = harness.load_template(page, PACK, name)
+    assert res.error is None and res.missing_types == [], res.warnings
+    # the only values a fresh host lacks are the SD1.5 weights' names in their loaders
+    assert {(p["node"], p["problem"]) for p in res.widget_problems} == {(i, "not in list") for i in loaders}
+    # the frontend names the missing weights: at least those the workflow gives download links for (newer
+    # frontends also the others), never anything but the loaders' files
+    with_url = {m["name"] for n in loaders.values() for m in n.get("properties", {}).get("models", [])}
+    reported = {m["name"] for m in res.missing_models}
+    assert with_url <= reported <= {n["widgets_values"][0] for n in loaders.values()}, reported
+
+    q = harness.queue_current_graph(page)
+    try:
+        answer = q.response or q.error["response"]
+        # refused only in the SD1.5 loaders, for their missing weights
+        assert set(answer["node_errors"]) == set(loaders), answer
+        assert {e["type"] for v in answer["node_errors"].values() for e in v["errors"]} <= {"value_not_in_list"}
+        if loaders:
+            assert not q.ok and q.error_shown
+        else:
+            assert q.ok, (q.error, q.node_errors)
+        if q.prompt_id:  # every output that needs no SD1.5 weights runs (all of the hypercolumn preview)
+            entry = harness.wait_for_prompt(server.url, q.prompt_id, timeout=150)
+            assert entry["status"]["status_str"] == "success", entry["status"]
+            previews = [i for i, out in entry["outputs"].items() if out.get("images")]
+            assert harness.previews(page, previews)
+        assert q.prompt_id or loaders
+    finally:
+        harness.close_dialogs(page)
+
+
+def test_readme_queues_a_workflow_over_http(server, tmp_path):
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("### Queueing a workflow over HTTP")[1]
+    blocks = dict(re.findall(r"```(\w+)\n(.*?)```", section.split("\n## ")[0], re.S))
+    script = ROOT / "scripts" / "queue_workflow.py"
+    assert blocks["python"] in script.read_text(encoding="utf-8")  # the README shows the script's own code
+    command = shlex.split(blocks["bash"])
+    assert command[:2] == ["python", "scripts/queue_workflow.py"], command
+    # the README's command, with this host's address and a temp folder (later options win)
+    done = subprocess.run([sys.executable, *command[1:], "--server", server.url, "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    saved = [Path(line) for line in done.stdout.splitlines()]
+    prompt = json.loads((ROOT / command[2]).read_text(encoding="utf-8"))
+    previews = [k for k, v in prompt.items() if v["class_type"] == "PreviewImage"]
+    assert len(saved) == len(previews) >= 4
+    assert all(p.parent == tmp_path and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in saved), saved
+
+
+def test_queue_script_reports_a_refused_workflow(server, tmp_path):
+    prompt = workflows.to_api(workflows.read("SCG text to image (SD1.5)"), harness.object_info(server.url))
+    path = tmp_path / "refused.json"
+    path.write_text(json.dumps(prompt))
+    done = subprocess.run([sys.executable, "scripts/queue_workflow.py", str(path), "--server", server.url,
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "HTTP 400" in done.stderr and "value_not_in_list" in done.stderr, done.stderr
