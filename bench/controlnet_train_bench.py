@@ -29,7 +29,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "lib")]  # the pack, and the one tiny/random SD1.5 builder
 
 RECIPES = {
     "authors": {"precision": "fp32", "checkpointing": False, "cache": False},
@@ -130,12 +131,14 @@ def main(argv=None) -> int:
     from scg_models import ModularAutoencoder
 
     spec_name = a.spec if a.spec != "auto" else ("sd15" if cuda else "tiny")
-    spec = sd15.SD15_SPEC if spec_name == "sd15" else sd15.TINY_SPEC
+    from scg_testing import tiny_sd15
+
+    spec = tiny_sd15.SD15_SPEC if spec_name == "sd15" else tiny_sd15.TINY_SPEC
     res = a.resolution or (512 if spec_name == "sd15" else 64)
     steps = a.steps or (10 if cuda else 3)
     warmup = a.warmup if a.warmup is not None else (3 if cuda else 1)
     t0 = time.perf_counter()
-    base = sd15.build_from_spec(spec, seed=0)
+    base = tiny_sd15.build_base(spec, seed=0)
     build_s = time.perf_counter() - t0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

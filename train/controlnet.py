@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -699,7 +700,7 @@ def write_sheet(trainer: Trainer, batch: dict, path: str, a) -> None:
 
     patcher = base.patcher.clone()
     patcher.offload_device = trainer.device  # ComfyUI may "unload" it after sampling: keep it where training needs it
-    sampling_base = type(base)(patcher, base.clip, base.vae, base.source, base.spec)
+    sampling_base = dataclasses.replace(base, patcher=patcher)
 
     def hint_fn(x):
         return trainer.ae.hint(x.to(trainer.device), trainer.modules)

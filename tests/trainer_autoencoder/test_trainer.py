@@ -13,9 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import scg_models
+from scg_testing.trainers import ROOT, TINY_AE, child_env, skimage_or_skip
 from train import autoencoder as trainer
-
-from trainhelp import ROOT, TINY, child_env, skimage_or_skip
 
 
 def _metrics(work_dir):
@@ -26,7 +25,7 @@ def _metrics(work_dir):
 def test_fifty_cpu_steps_on_the_default_data_lower_the_loss(tmp_path):
     skimage_or_skip()
     out = tmp_path / "m.safetensors"
-    assert trainer.main(TINY + ["--steps", "50", "--out", str(out), "--sheet-every", "25"]) == 0
+    assert trainer.main(TINY_AE + ["--steps", "50", "--out", str(out), "--sheet-every", "25"]) == 0
     rows = _metrics(tmp_path / "m.train")
     assert [r["step"] for r in rows] == list(range(1, 51))
     first = sum(r["total"] for r in rows[:5]) / 5
@@ -59,7 +58,7 @@ def _weights_and_state(out, work_dir):
 
 def test_stop_and_resume_is_bit_identical(tmp_path):
     skimage_or_skip()
-    args = TINY + ["--steps", "8", "--lr", "0.01"]
+    args = TINY_AE + ["--steps", "8", "--lr", "0.01"]
     a = tmp_path / "a.safetensors"
     assert trainer.main(args + ["--out", str(a)]) == 0
     b = tmp_path / "b.safetensors"
@@ -90,7 +89,7 @@ def test_stop_and_resume_is_bit_identical(tmp_path):
 def test_resume_refuses_a_different_recipe(tmp_path):
     skimage_or_skip()
     out = tmp_path / "m.safetensors"
-    assert trainer.main(TINY + ["--steps", "3", "--out", str(out), "--stop-after", "1"]) == 130
+    assert trainer.main(TINY_AE + ["--steps", "3", "--out", str(out), "--stop-after", "1"]) == 130
     with pytest.raises(SystemExit, match="--lr 0.1 differs"):
         trainer.main(["--resume", "auto", "--out", str(out), "--lr", "0.1"])
 
@@ -98,7 +97,7 @@ def test_resume_refuses_a_different_recipe(tmp_path):
 def test_checkpoints_rotate_and_are_written_atomically(tmp_path):
     skimage_or_skip()
     out = tmp_path / "m.safetensors"
-    assert trainer.main(TINY + ["--steps", "7", "--out", str(out), "--ckpt-every", "1", "--keep", "2"]) == 0
+    assert trainer.main(TINY_AE + ["--steps", "7", "--out", str(out), "--ckpt-every", "1", "--keep", "2"]) == 0
     ck = [os.path.basename(p) for p in trainer.checkpoints(str(tmp_path / "m.train"))]
     assert ck == ["step_00000006.pt", "step_00000007.pt"]
     left = [f for f in os.listdir(tmp_path / "m.train" / "ckpts") if f.startswith(".tmp")]
@@ -110,7 +109,7 @@ def test_user_groups_override_the_derived_ones(tmp_path):
     g = tmp_path / "groups.json"
     g.write_text(json.dumps([{"name": "mine", "modules": [0, 3], "description": "picked by hand"}]))
     out = tmp_path / "m.safetensors"
-    assert trainer.main(TINY + ["--steps", "2", "--out", str(out), "--groups", str(g)]) == 0
+    assert trainer.main(TINY_AE + ["--steps", "2", "--out", str(out), "--groups", str(g)]) == 0
     ae = scg_models.load_autoencoder(out)
     assert dict(ae.groups) == {"mine": [0, 3]}
 
@@ -118,7 +117,7 @@ def test_user_groups_override_the_derived_ones(tmp_path):
 def test_ctrl_c_writes_a_checkpoint(tmp_path):
     skimage_or_skip()
     out = tmp_path / "m.safetensors"
-    cmd = [sys.executable, "-m", "train.autoencoder", *TINY, "--steps", "100000", "--out", str(out)]
+    cmd = [sys.executable, "-m", "train.autoencoder", *TINY_AE, "--steps", "100000", "--out", str(out)]
     p = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "m.train" / "metrics.jsonl"
     deadline = time.time() + 90
@@ -139,8 +138,8 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path):
 def test_bad_settings_are_clear_errors(tmp_path):
     out = str(tmp_path / "m.safetensors")
     with pytest.raises(SystemExit, match="--crop 24: too small"):
-        trainer.main(TINY + ["--steps", "1", "--crop", "24", "--out", out])
+        trainer.main(TINY_AE + ["--steps", "1", "--crop", "24", "--out", out])
     with pytest.raises(SystemExit, match="--passes"):
-        trainer.main(TINY + ["--steps", "1", "--passes", "scale", "--out", out])
+        trainer.main(TINY_AE + ["--steps", "1", "--passes", "scale", "--out", out])
     with pytest.raises(SystemExit, match="--out FILE.safetensors is required"):
-        trainer.main(TINY + ["--steps", "1"])
+        trainer.main(TINY_AE + ["--steps", "1"])

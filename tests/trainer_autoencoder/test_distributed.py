@@ -7,9 +7,8 @@ import sys
 import torch
 from safetensors.torch import load_file
 
+from scg_testing.trainers import PROBE_SCRIPT, TINY_AE, child_env, skimage_or_skip
 from train import autoencoder as trainer
-
-from trainhelp import ROOT, TINY, child_env, skimage_or_skip
 
 
 def test_two_gloo_processes_train_and_only_rank_0_writes(tmp_path):
@@ -17,11 +16,11 @@ def test_two_gloo_processes_train_and_only_rank_0_writes(tmp_path):
     probe = tmp_path / "probe"
     probe.mkdir()
     out = tmp_path / "ddp.safetensors"
-    args = TINY + ["--steps", "4", "--sheet-every", "2", "--ckpt-every", "2", "--device", "cpu"]
+    args = TINY_AE + ["--steps", "4", "--sheet-every", "2", "--ckpt-every", "2", "--device", "cpu"]
     env = child_env()
     env["SCG_PROBE_DIR"] = str(probe)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "train" / "ddp_probe.py"), *args, "--out", str(out)]
+           PROBE_SCRIPT, *args, "--out", str(out)]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rank0 = (probe / "rank0.txt").read_text().splitlines()

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from cnhelp import ROOT, child_env, run_train, train_args
+from scg_testing.trainers import CONTROLNET_SCRIPT, ROOT, child_env, controlnet_args, run_controlnet
 
 pytestmark = pytest.mark.host
 
@@ -16,12 +16,12 @@ pytestmark = pytest.mark.host
 def test_two_process_gloo_run_matches_one_process(files):
     root = files["root"] / "ddp"
     common = ("--steps", "3", "--lr", "1e-4", "--seed", "1", "--no-gradient-checkpointing", "--log-every", "1")
-    argv = train_args(files, root / "two.safetensors", *common)
+    argv = controlnet_args(files, root / "two.safetensors", *common)
     argv[argv.index("--batch-size") + 1] = "1"
     env = child_env()
     env["COMFYUI_PATH"] = str(files["comfyui"])
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "train.controlnet", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                           CONTROLNET_SCRIPT, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stderr.count("finished at step 3/3") == 1  # only rank 0 reports and writes
@@ -31,7 +31,7 @@ def test_two_process_gloo_run_matches_one_process(files):
     state = torch.load(root / "two.train-state.pt", weights_only=True)
     assert len(state["rng"]) == 2 and state["recipe"]["world"] == 2
 
-    one = run_train(train_args(files, root / "one" / "one.safetensors", *common))  # 1 process × batch 2
+    one = run_controlnet(controlnet_args(files, root / "one" / "one.safetensors", *common))  # 1 process × batch 2
     assert one["done"]
     ref = torch.load(root / "one" / "one.train-state.pt", weights_only=True)["controlnet"]
     # equal up to the order of the all-reduce sums (Adam turns that into ≲1e-6 on near-zero gradients);
@@ -48,11 +48,11 @@ def test_sigterm_stops_after_the_step_and_saves(files):
     import time
 
     root = files["root"] / "sigterm"
-    argv = train_args(files, root / "s.safetensors", "--steps", "100000", "--log-every", "1",
+    argv = controlnet_args(files, root / "s.safetensors", "--steps", "100000", "--log-every", "1",
                       "--no-gradient-checkpointing")
     env = child_env()
     env["COMFYUI_PATH"] = str(files["comfyui"])
-    proc = subprocess.Popen([sys.executable, "-m", "train.controlnet", *argv], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, CONTROLNET_SCRIPT, *argv], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = root / "s.log.jsonl"
     deadline = time.time() + 300

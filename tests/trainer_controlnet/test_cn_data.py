@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnhelp import make_images, run_train, train_args
+from scg_testing.trainers import controlnet_args, make_images, run_controlnet
 
 
 def test_captions_from_same_named_txt(tmp_path):
@@ -100,9 +100,9 @@ def test_precompute_cache_is_built_once_and_used(files):
 
     out = files["root"] / "pre" / "p.safetensors"
     cache_dir = files["root"] / "pre" / "cache"
-    argv = train_args(files, out, "--steps", "2", "--precompute", "--cache-dir", str(cache_dir), "--workers", "1",
+    argv = controlnet_args(files, out, "--steps", "2", "--precompute", "--cache-dir", str(cache_dir), "--workers", "1",
                       "--no-gradient-checkpointing")
-    s = run_train(argv)
+    s = run_controlnet(argv)
     assert s["done"]
     cache = LatentCache(cache_dir)
     meta = cache.meta()
@@ -115,5 +115,5 @@ def test_precompute_cache_is_built_once_and_used(files):
     assert torch.allclose(cache.text(cache.text_row(2)), txt, atol=2e-3, rtol=1e-2)
     assert torch.equal(cache.text(0), cache.text(cache.text_row(1)))  # uncaptioned → the empty prompt row
     mtime = (cache_dir / "latents.npy").stat().st_mtime_ns
-    run_train(argv + ["--steps", "3"])  # same data and base: the cache is reused, not rebuilt
+    run_controlnet(argv + ["--steps", "3"])  # same data and base: the cache is reused, not rebuilt
     assert (cache_dir / "latents.npy").stat().st_mtime_ns == mtime
