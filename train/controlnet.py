@@ -461,8 +461,7 @@ def _run(a, dist: Dist) -> dict:
 
     t_start = time.time()
     sd15.import_comfy(a.comfyui, cpu=not dist.cuda)
-    from scg_models import load_autoencoder
-    from scg_models import formats
+    from scg_models import formats, load_autoencoder
 
     precision = _precision(a.precision, dist)
     device = dist.device

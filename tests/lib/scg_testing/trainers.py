@@ -78,6 +78,7 @@ def run_controlnet(argv) -> dict:
 def _probe_main() -> int:
     import builtins
 
+    import scg_models
     from train import autoencoder, runtime
 
     log = builtins.open(os.path.join(os.environ["SCG_PROBE_DIR"], f"rank{os.environ.get('RANK', '0')}.txt"), "a")
@@ -97,8 +98,15 @@ def _probe_main() -> int:
             record(f"open {file} {mode}")
         return builtins.open(file, mode, *a, **k)
 
+    real_save = scg_models.save_autoencoder
+
+    def save_autoencoder(ae, path, *a, **k):
+        record(f"model {path}")
+        return real_save(ae, path, *a, **k)
+
     runtime.atomic_write = atomic_write
     runtime.open = opener
+    scg_models.save_autoencoder = save_autoencoder
     return autoencoder.main()
 
 
