@@ -9,6 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from scg_testing.trainers import RES, controlnet_args, run_controlnet
+from train import runtime
 
 pytestmark = pytest.mark.host
 
@@ -27,14 +28,16 @@ def test_thirty_steps_lower_the_loss(trained):
     out, s = trained
     assert s["done"] and s["step"] == 30 and s["images"] == 4
     assert s["last_eval_loss"] < 0.9 * s["first_eval_loss"], s
-    log = [json.loads(line) for line in out.with_name("scg_tiny.log.jsonl").read_text().splitlines()]
+    work = out.with_name("scg_tiny.train")
+    log = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "loss" in e] == [5, 10, 15, 20, 25, 30]
     assert all(e["it_s"] > 0 for e in log if "loss" in e)
-    sheets = sorted(p.name for p in out.parent.glob("scg_tiny.samples-*.png"))
-    assert sheets == ["scg_tiny.samples-00000015.png", "scg_tiny.samples-00000030.png"]
+    assert s["final_losses"]["loss"] == [e for e in log if "loss" in e][-1]["loss"]
+    sheets = sorted(p.name for p in (work / "sheets").glob("samples_*.png"))
+    assert sheets == ["samples_00000015.png", "samples_00000030.png"]
     from PIL import Image
 
-    assert Image.open(out.parent / sheets[-1]).size == (3 * RES, RES)  # image | hint preview | sample
+    assert Image.open(work / "sheets" / sheets[-1]).size == (3 * RES, RES)  # image | hint preview | sample
 
 
 def test_output_loads_with_core_loader_and_controls(trained, files):
@@ -57,7 +60,7 @@ def test_output_loads_with_core_loader_and_controls(trained, files):
     assert autoencoder_sha256(cnf.autoencoder) == autoencoder_sha256(load_autoencoder(files["ae"]))
     assert info["autoencoder"]["sha256"] == autoencoder_sha256(cnf.autoencoder)
     # the file holds the trained weights (fp16 of the fp32 state)
-    state = torch.load(str(out).replace(".safetensors", ".train-state.pt"), weights_only=True)
+    state = torch.load(runtime.checkpoints(out.with_name("scg_tiny.train"))[-1], weights_only=True)
     weights = load_file(str(out))
     for k, v in state["controlnet"].items():
         assert torch.equal(weights[k], v.half()), k
@@ -95,8 +98,8 @@ def test_stop_and_resume_is_bit_identical(files):
     assert first["step"] == 2 and not first["done"]
     second = run_controlnet(controlnet_args(files, root / "b.safetensors", *common, "--resume"))
     assert straight["step"] == second["step"] == 6 and second["done"]
-    a = torch.load(root / "a.train-state.pt", weights_only=True)
-    b = torch.load(root / "b.train-state.pt", weights_only=True)
+    a = torch.load(runtime.checkpoints(root / "a.train")[-1], weights_only=True)
+    b = torch.load(runtime.checkpoints(root / "b.train")[-1], weights_only=True)
     for k in a["controlnet"]:
         assert torch.equal(a["controlnet"][k], b["controlnet"][k]), k
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
@@ -140,7 +143,7 @@ def test_fine_tune_starts_from_a_given_controlnet(trained, files, tmp_path):
     out = tmp_path / "ft.safetensors"
     s = run_controlnet(controlnet_args(files, out, "--steps", "5", "--stop-after", "0", "--init-controlnet", str(src)))
     assert s["step"] == 0
-    start = torch.load(tmp_path / "ft.train-state.pt", weights_only=True)["controlnet"]
+    start = torch.load(runtime.checkpoints(tmp_path / "ft.train")[-1], weights_only=True)["controlnet"]
     given = load_file(str(src))
     assert all(torch.equal(v, given[k].float()) for k, v in start.items())
     with safe_open(str(out), "pt") as fh:
