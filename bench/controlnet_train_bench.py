@@ -46,9 +46,10 @@ def _sync(device):
 
 
 def run_recipe(name, base, ae, modules, images, captions, device, steps, warmup, batch):
+    import comfy.model_management as mm
+
     from train import sd15
     from train.controlnet import Trainer
-    import comfy.model_management as mm
 
     cfg = RECIPES[name]
     gc.collect()
@@ -96,7 +97,8 @@ def run_recipe(name, base, ae, modules, images, captions, device, steps, warmup,
     if device.type == "cuda":
         out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         out["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
-    del trainer, controlnet, cached
+    del trainer, controlnet
+    cached = None  # frees the cached latents (batch_at still refers to the name)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
