@@ -36,7 +36,7 @@ from scg_models.groups import validate_groups
 from . import runtime
 from .data import CropBatches, ImageSet, Plan
 from .losses import PASSES, EquivarianceCodebook, LossWeights, Trainee
-from .runtime import Dist, MetricsLog, StepSampler, StopSignal, TrainError
+from .runtime import Dist, StepSampler, StopSignal, TrainError
 
 TRAINER = "autoencoder"
 
@@ -331,12 +331,7 @@ class Training:
         self.batches = CropBatches(self.images, plan, recipe.crop, dist.rank, dist.world_size)
 
         # files (rank 0): leftovers of killed writes go, the log continues at this step
-        if dist.is_main:
-            for folder in (os.path.dirname(os.path.abspath(self.out)), self.work_dir,
-                           os.path.join(self.work_dir, "ckpts"), os.path.join(self.work_dir, "sheets")):
-                os.makedirs(folder, exist_ok=True)
-                runtime.remove_partials(folder)
-        self.log = MetricsLog(os.path.join(self.work_dir, "metrics.jsonl"), self.step, enabled=dist.is_main)
+        self.log = runtime.open_work_dir(self.out, self.work_dir, self.step, dist)
 
     # --- the loop ---------------------------------------------------------------------
     def train(self) -> int:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from . import runtime
-from .runtime import Dist, MetricsLog, StopSignal, TrainError
+from .runtime import Dist, StopSignal, TrainError
 
 log = logging.getLogger("scg.train")
 TRAINER = "controlnet"
@@ -472,12 +472,7 @@ class Training:
         self.sample_batch = collate([held_set[(0, i)] for i in range(len(held))]) if held else None
 
         # files (rank 0): leftovers of killed writes go, the log continues at this step
-        if dist.is_main:
-            for folder in (os.path.dirname(os.path.abspath(self.out)), self.work_dir,
-                           os.path.join(self.work_dir, "ckpts"), os.path.join(self.work_dir, "sheets")):
-                os.makedirs(folder, exist_ok=True)
-                runtime.remove_partials(folder)
-        self.log = MetricsLog(os.path.join(self.work_dir, "metrics.jsonl"), self.step, enabled=dist.is_main)
+        self.log = runtime.open_work_dir(self.out, self.work_dir, self.step, dist)
 
     def resume_from(self, path: str) -> None:
         state = runtime.load_checkpoint(path, TRAINER)

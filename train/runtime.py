@@ -344,6 +344,17 @@ class MetricsLog:
             return [json.loads(line) for line in fh if line.strip()]
 
 
+def open_work_dir(out: str, work_dir: str, step: int, dist: Dist) -> MetricsLog:
+    """Rank 0 makes the output folder and ``work_dir/{ckpts,sheets}``, deletes the temporary files
+    of killed writes there, and opens ``metrics.jsonl`` at ``step``. Returns the log (silent off rank 0)."""
+    if dist.is_main:
+        for folder in (os.path.dirname(os.path.abspath(out)), work_dir, os.path.join(work_dir, "ckpts"),
+                       os.path.join(work_dir, "sheets")):
+            os.makedirs(folder, exist_ok=True)
+            remove_partials(folder)
+    return MetricsLog(os.path.join(work_dir, "metrics.jsonl"), step, enabled=dist.is_main)
+
+
 def _write_lines(path: str, lines: list[str]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         fh.writelines(lines)
