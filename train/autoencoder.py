@@ -208,8 +208,10 @@ def parse(argv: list[str]) -> tuple[Recipe, Options, dict | None]:
         k, (v, old) = next(iter(clash.items()))
         raise TrainError(f"--resume: --{k.replace('_', '-')} {v} differs from the checkpoint's {old}; "
                          "a resumed run continues the same recipe (start a new run to change it)")
-    carried = {k: v for k, v in (checkpoint.get("options") or {}).items()
-               if k in OPTION_FIELDS and k not in COMMAND_LINE_ONLY}
+    runtime.typed_fields(Recipe, saved, f"--resume {path}: recipe")
+    stored = checkpoint.get("options") if isinstance(checkpoint.get("options"), dict) else {}
+    carried = {k: v for k, v in stored.items() if k in OPTION_FIELDS and k not in COMMAND_LINE_ONLY}
+    runtime.typed_fields(Options, carried, f"--resume {path}: options")
     options = Options(**{**carried, **{k: v for k, v in given.items() if k in OPTION_FIELDS}})
     checkpoint["path"] = path
     return check(Recipe(**saved), options), options, checkpoint
@@ -313,14 +315,17 @@ class Training:
         self.last_losses: dict[str, float] = {}
         self.wall_before = 0.0
         if checkpoint is not None:
-            self.trainee.load_state_dict(checkpoint["model"])
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
-            self.step = int(checkpoint["step"])
-            self.skipped = dict(checkpoint.get("skipped", {}))
-            self.last_losses = dict(checkpoint.get("last_losses", {}))
-            self.wall_before = float(checkpoint.get("wall_s", 0.0))
-            runtime.set_rng_state(checkpoint["rng"], device)
+            def restore():
+                self.trainee.load_state_dict(checkpoint["model"])
+                self.optimizer.load_state_dict(checkpoint["optimizer"])
+                self.scheduler.load_state_dict(checkpoint["scheduler"])
+                runtime.set_rng_state(checkpoint["rng"], device)
+                self.step = int(checkpoint["step"])
+                self.skipped = {str(k): str(v) for k, v in dict(checkpoint.get("skipped", {})).items()}
+                self.last_losses = {str(k): float(v) for k, v in dict(checkpoint.get("last_losses", {})).items()}
+                self.wall_before = float(checkpoint.get("wall_s", 0.0))
+
+            runtime.load_weights("state", restore, checkpoint["path"])
         self.model = dist.wrap(self.trainee, broadcast_buffers=False)
         self.forward = torch.compile(self.model) if options.compile else self.model
 

@@ -26,7 +26,7 @@ import torch
 
 from scg_models.imaging import ImageFileError, check_image, fit, load_image, scan_images
 
-from .runtime import EpochOrder, StepSampler, TrainError, atomic_write
+from .runtime import Dist, EpochOrder, StepSampler, TrainError, atomic_write, progress
 
 CACHE_VERSION = 1
 
@@ -194,6 +194,66 @@ class LatentCache:
         atomic_write(self.folder / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
 
 
+# --- precompute: the cache filled once ---------------------------------------------------
+class _Decode(torch.utils.data.Dataset):
+    """Images ``items`` of the index as (i, 3xRxR or None, reason) for the precompute pass."""
+
+    def __init__(self, index, items, resolution):
+        self.index, self.items, self.resolution = index, items, resolution
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, k):
+        i = self.items[k]
+        try:
+            return i, prepare_image(self.index.root / self.index.paths[i], self.resolution), ""
+        except ImageFileError as e:
+            return i, None, e.reason
+
+
+def precompute(base, index, resolution: int, folder: str, key: dict, dist: Dist, batch: int, workers: int):
+    """Encode every image's latent and every distinct caption's embedding once (all ranks share
+    the work); reuse the cache when its key matches. Returns (cache, {path: reason} of failures)."""
+    from . import sd15
+
+    cache = LatentCache(folder)
+    meta = cache.meta()
+    if meta is not None and meta.get("key") == key:
+        ok = cache.ok()
+        return cache, {index.paths[i]: "undecodable" for i in np.flatnonzero(ok == 0)}
+    texts = [""] + sorted(set(index.captions) - {""})
+    row = {c: r for r, c in enumerate(texts)}
+    f = int(base.vae.spacial_compression_encode())  # 8 for SD1.5
+    if dist.is_main:
+        cache.create(len(index), (4, resolution // f, resolution // f), len(texts), (77, base.context_dim))
+        cache.write("text_row", slice(None), np.array([row[c] for c in index.captions], dtype=np.int32))
+    dist.barrier()
+    mine = list(range(dist.rank, len(texts), dist.world_size))
+    for s in range(0, len(mine), 64):
+        rows = mine[s:s + 64]
+        cache.write("text", rows, sd15.encode_text(base, [texts[r] for r in rows]).numpy().astype(np.float16))
+    items = list(range(dist.rank, len(index), dist.world_size))
+    loader = torch.utils.data.DataLoader(_Decode(index, items, resolution), batch_size=batch, num_workers=workers,
+                                         collate_fn=list)
+    failed = {}
+    for chunk in progress(loader, total=len(loader), desc="precompute", unit="batch", enabled=dist.is_main):
+        good = [(i, x) for i, x, _ in chunk if x is not None]
+        for i, _, err in chunk:
+            if err:
+                failed[index.paths[i]] = err
+        cache.write("ok", [i for i, _, _ in chunk], np.array([x is not None for _, x, _ in chunk], dtype=np.uint8))
+        if good:
+            lat = sd15.encode_images(base, torch.stack([x for _, x in good]))
+            cache.write("latents", [i for i, _ in good], lat.numpy().astype(np.float16))
+    failed = dist.merge(failed)
+    dist.barrier()
+    if dist.is_main:
+        cache.finish({"key": key, "version": 1, "images": len(index), "texts": len(texts)})
+    dist.barrier()
+    return cache, failed
+
+
 # --- the torch Dataset ---------------------------------------------------------------------
 class TrainSet(torch.utils.data.Dataset):
     """Samples ``(position, i)`` → dict with the image (3×R×R), caption, cache rows.
@@ -242,4 +302,5 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
-__all__ = ["CACHE_VERSION", "ImageIndex", "LatentCache", "TrainSet", "collate", "prepare_image", "scan", "step_batches"]
+__all__ = ["CACHE_VERSION", "ImageIndex", "LatentCache", "TrainSet", "collate", "precompute", "prepare_image", "scan",
+           "step_batches"]

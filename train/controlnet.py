@@ -303,71 +303,6 @@ def holdout(n: int, k: int) -> list[int]:
     return sorted({(i * n) // k for i in range(k)})
 
 
-# --- precompute -------------------------------------------------------------------------------
-class _Decode(torch.utils.data.Dataset):
-    def __init__(self, index, items, resolution):
-        self.index, self.items, self.resolution = index, items, resolution
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, k):
-        from scg_models.imaging import ImageFileError
-
-        from .cn_data import prepare_image
-
-        i = self.items[k]
-        try:
-            return i, prepare_image(self.index.root / self.index.paths[i], self.resolution), ""
-        except ImageFileError as e:
-            return i, None, e.reason
-
-
-def precompute(base, index, resolution: int, folder: str, key: dict, dist: Dist, batch: int, workers: int):
-    """Encode every image's latent and every distinct caption's embedding once (all ranks share
-    the work); reuse the cache when its key matches. Returns (cache, {path: reason} of failures)."""
-    import numpy as np
-
-    from . import sd15
-    from .cn_data import LatentCache
-
-    cache = LatentCache(folder)
-    meta = cache.meta()
-    if meta is not None and meta.get("key") == key:
-        ok = cache.ok()
-        return cache, {index.paths[i]: "undecodable" for i in np.flatnonzero(ok == 0)}
-    texts = [""] + sorted(set(index.captions) - {""})
-    row = {c: r for r, c in enumerate(texts)}
-    f = int(base.vae.spacial_compression_encode())  # 8 for SD1.5
-    if dist.is_main:
-        cache.create(len(index), (4, resolution // f, resolution // f), len(texts), (77, base.context_dim))
-        cache.write("text_row", slice(None), np.array([row[c] for c in index.captions], dtype=np.int32))
-    dist.barrier()
-    mine = list(range(dist.rank, len(texts), dist.world_size))
-    for s in range(0, len(mine), 64):
-        rows = mine[s:s + 64]
-        cache.write("text", rows, sd15.encode_text(base, [texts[r] for r in rows]).numpy().astype(np.float16))
-    items = list(range(dist.rank, len(index), dist.world_size))
-    loader = torch.utils.data.DataLoader(_Decode(index, items, resolution), batch_size=batch, num_workers=workers,
-                                         collate_fn=list)
-    failed = {}
-    for chunk in runtime.progress(loader, total=len(loader), desc="precompute", unit="batch", enabled=dist.is_main):
-        good = [(i, x) for i, x, _ in chunk if x is not None]
-        for i, _, err in chunk:
-            if err:
-                failed[index.paths[i]] = err
-        cache.write("ok", [i for i, _, _ in chunk], np.array([x is not None for _, x, _ in chunk], dtype=np.uint8))
-        if good:
-            lat = sd15.encode_images(base, torch.stack([x for _, x in good]))
-            cache.write("latents", [i for i, _ in good], lat.numpy().astype(np.float16))
-    failed = dist.merge(failed)
-    dist.barrier()
-    if dist.is_main:
-        cache.finish({"key": key, "version": 1, "images": len(index), "texts": len(texts)})
-    dist.barrier()
-    return cache, failed
-
-
 # --- the run ----------------------------------------------------------------------------------
 class Training:
     """One run: models, data and (resumed) state built in ``__init__``, trained by :meth:`train`."""
@@ -376,7 +311,7 @@ class Training:
         from scg_models import formats, load_autoencoder
 
         from . import sd15
-        from .cn_data import TrainSet, collate, scan, step_batches
+        from .cn_data import TrainSet, collate, precompute, scan, step_batches
 
         self.args, self.dist, self.t_start = args, dist, time.time()
         self.out = args.out
@@ -482,13 +417,16 @@ class Training:
         if diff:
             raise TrainError("--resume: the run differs from the saved one, so it cannot continue exactly: "
                              + "; ".join(f"{k}: saved {o!r}, now {n!r}" for k, (o, n) in diff.items()))
-        self.controlnet.load_state_dict(state["controlnet"])
-        self.trainer.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        self.final_losses = dict(state.get("final_losses", {}))
-        runtime.set_rng_state(state["rng"][self.dist.rank], self.dist.device)
-        for rel, reason in state.get("skipped", {}).items():
-            self.skipped.setdefault(rel, reason)
+        def restore():
+            self.controlnet.load_state_dict(state["controlnet"])
+            self.trainer.optimizer.load_state_dict(state["optimizer"])
+            runtime.set_rng_state(state["rng"][self.dist.rank], self.dist.device)
+            self.step = int(state["step"])
+            self.final_losses = {str(k): float(v) for k, v in dict(state.get("final_losses", {})).items()}
+            for rel, reason in dict(state.get("skipped", {})).items():
+                self.skipped.setdefault(str(rel), str(reason))
+
+        runtime.load_weights("state", restore, path)
         if self.dist.is_main:
             print(f"resumed from {path} at step {self.step}", file=sys.stderr)
 

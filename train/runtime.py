@@ -20,6 +20,7 @@ Launch on N GPUs of one machine: ``torchrun --standalone --nproc_per_node N -m t
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -407,6 +408,32 @@ def load_checkpoint(path: str, trainer: str) -> dict:
     if state.get("trainer") != trainer:
         raise TrainError(f"--resume {path}: a train.{state.get('trainer')} checkpoint, not train.{trainer}")
     return state
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+
+
+def typed_fields(cls, values: dict, source: str) -> dict:
+    """``values`` checked against the annotations of dataclass ``cls`` (``int``, ``float``,
+    ``str | None``, ...): a stored recipe or option of the wrong type is a :class:`TrainError`."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values or not isinstance(f.type, str) or any(
+                t.strip() not in _TYPES for t in f.type.split("|")):
+            continue
+        allowed = tuple(t for name in f.type.split("|") for t in _TYPES[name.strip()])
+        value = values[f.name]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise TrainError(f"{source}: {f.name} is {value!r}, expected {f.type}")
+    return values
+
+
+def load_weights(what: str, load: Callable[[], object], path: str) -> None:
+    """Run ``load()`` (``load_state_dict`` calls); a checkpoint whose tensors do not fit is a TrainError."""
+    try:
+        load()
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainError(f"--resume {path}: its {what} does not fit this run ({first[:200]})") from None
 
 
 def rng_state(device: torch.device) -> dict:

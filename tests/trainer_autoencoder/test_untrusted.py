@@ -137,3 +137,17 @@ def test_bad_checkpoint_options_are_refused(tmp_path, data):
     torch.save(state, path)
     with pytest.raises(TrainError, match="--log-every must be an integer >= 1"):
         trainer.train(["--resume", "auto", "--out", str(out)])
+
+
+def test_a_crafted_checkpoint_is_a_clear_error_not_a_traceback(tmp_path, data):
+    out = tmp_path / "m.safetensors"
+    assert _run(data, out, "--steps", "3", "--stop-after", "1") == 130
+    path = runtime.checkpoints(tmp_path / "m.train")[-1]
+    good = torch.load(path, weights_only=True)
+    for change, says in (({"options": {**good["options"], "threads": "all"}}, "options: threads is 'all'"),
+                         ({"recipe": {**good["recipe"], "steps": "many"}}, "recipe: steps is 'many'"),
+                         ({"model": {k: v[:1] for k, v in good["model"].items()}}, "its state does not fit"),
+                         ({"step": "x"}, "its state does not fit")):
+        torch.save({**good, **change}, path)
+        with pytest.raises(TrainError, match=says):
+            trainer.train(["--resume", "auto", "--out", str(out), "--no-progress"])
