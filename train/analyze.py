@@ -125,13 +125,13 @@ def tuning_png(ae, tunings, title: str) -> Image:
 
 def load_model(path: str):
     """An autoencoder file, or a train.autoencoder checkpoint (to watch a run as it trains)."""
-    from .autoencoder import TRAINER, build_models
+    from .autoencoder import TRAINER, Recipe, build_models
     from .runtime import CHECKPOINT_FORMAT
 
     if path.endswith(".pt"):
         ck = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(ck, dict) and ck.get("format") == CHECKPOINT_FORMAT and ck.get("trainer") == TRAINER:
-            ae, _ = build_models(ck["recipe"])
+            ae, _ = build_models(Recipe(**ck["recipe"]))
             ae.load_state_dict({k[3:]: v for k, v in ck["model"].items() if k.startswith("ae.")})
             ae.config.info = {"steps": ck["step"], "command": "checkpoint " + path}
             return ae.eval().requires_grad_(False)

@@ -110,7 +110,7 @@ OPTION_FIELDS = {f.name for f in fields(Options)}
 
 # --- the command line ---------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    r, o = Recipe(), Options()
+    recipe, options = Recipe(), Options()
     p = argparse.ArgumentParser(
         prog="python -m train.autoencoder", argument_default=argparse.SUPPRESS,
         description="Train SCG's modular autoencoder (reconstruction + equivariance + symmetry losses).",
@@ -125,43 +125,43 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--groups", help="JSON file [{name, modules, description}, ...] to write instead of "
                    "the groups derived from the learned kernels")
     g.add_argument("--resize", type=int, help=f"scale images whose shorter side exceeds this down to it; 0: never "
-                   f"(default {r.resize})")
+                   f"(default {recipe.resize})")
     g = p.add_argument_group("schedule")
-    g.add_argument("--steps", type=int, help=f"optimiser steps (default {r.steps})")
-    g.add_argument("--batch-size", type=int, help=f"images per step, over all processes (default {r.batch_size})")
-    g.add_argument("--crop", type=int, help=f"random crop side in pixels (default {r.crop})")
-    g.add_argument("--lr", type=float, help=f"peak learning rate, AdamW + one-cycle cosine (default {r.lr})")
-    g.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {r.weight_decay})")
-    g.add_argument("--eps", type=float, help=f"AdamW eps (default {r.eps})")
-    g.add_argument("--warmup", type=float, help=f"fraction of steps warming up (default {r.warmup})")
+    g.add_argument("--steps", type=int, help=f"optimiser steps (default {recipe.steps})")
+    g.add_argument("--batch-size", type=int, help=f"images per step, over all processes (default {recipe.batch_size})")
+    g.add_argument("--crop", type=int, help=f"random crop side in pixels (default {recipe.crop})")
+    g.add_argument("--lr", type=float, help=f"peak learning rate, AdamW + one-cycle cosine (default {recipe.lr})")
+    g.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {recipe.weight_decay})")
+    g.add_argument("--eps", type=float, help=f"AdamW eps (default {recipe.eps})")
+    g.add_argument("--warmup", type=float, help=f"fraction of steps warming up (default {recipe.warmup})")
     g.add_argument("--clip-grad", "--max-grad-norm", dest="clip_grad", type=float,
                    help="clip the gradient norm to this; 0: off (default)")
-    g.add_argument("--seed", type=int, help=f"seed of the initial weights, data order and transforms (default {r.seed})")
+    g.add_argument("--seed", type=int, help=f"seed of the initial weights, data order and transforms (default {recipe.seed})")
     g = p.add_argument_group("model")
     g.add_argument("--gonlin", choices=sorted(GONLINS), help="kernel factorisation (default Bipolar)")
-    g.add_argument("--n-vector", type=int, help=f"modules (default {r.n_vector})")
-    g.add_argument("--vector-length", type=int, help=f"channels per module (default {r.vector_length})")
+    g.add_argument("--n-vector", type=int, help=f"modules (default {recipe.n_vector})")
+    g.add_argument("--vector-length", type=int, help=f"channels per module (default {recipe.vector_length})")
     g.add_argument("--stride", type=int, help="encoder stride (default 4, the one Bipolar's cascade implies)")
     g.add_argument("--kernel-size", type=int, help="kernel size (Vanilla only; default 21)")
     g.add_argument("--activation", choices=["gelu", "relu"], help="feature activation (default none: f = I*W)")
     g.add_argument("--init-scale", type=float, help="factor weights start as kaiming normal (fan_out, the authors' "
                    "init) times this (default 1)")
     g = p.add_argument_group("losses")
-    g.add_argument("--lambda-rec", type=float, help=f"|D(f) - I|^2 (default {r.lambda_rec})")
-    g.add_argument("--lambda-rec-trans", type=float, help=f"|D(f') - I'|^2, per pass (default {r.lambda_rec_trans})")
+    g.add_argument("--lambda-rec", type=float, help=f"|D(f) - I|^2 (default {recipe.lambda_rec})")
+    g.add_argument("--lambda-rec-trans", type=float, help=f"|D(f') - I'|^2, per pass (default {recipe.lambda_rec_trans})")
     g.add_argument("--lambda-rec-pred", type=float, help="|D(predicted f') - I'|^2, per pass "
                    "(the authors' later code; default 0 as in the paper)")
-    g.add_argument("--lambda-equ", type=float, help=f"equivariance lambda1, per pass (default {r.lambda_equ}); "
+    g.add_argument("--lambda-equ", type=float, help=f"equivariance lambda1, per pass (default {recipe.lambda_equ}); "
                    "0 gives the no-equivariance ablation")
-    g.add_argument("--lambda-sym", type=float, help=f"symmetry lambda2 (default {r.lambda_sym})")
-    g.add_argument("--temperature", type=float, help=f"softmax temperature T of the symmetry loss (default {r.temperature})")
+    g.add_argument("--lambda-sym", type=float, help=f"symmetry lambda2 (default {recipe.lambda_sym})")
+    g.add_argument("--temperature", type=float, help=f"softmax temperature T of the symmetry loss (default {recipe.temperature})")
     g.add_argument("--passes", help="transform passes per step: trans, rot or trans,rot (default)")
     g.add_argument("--max-translate", type=float, help="translations ~ U(+-this) in normalised units, the image "
-                   f"spanning [-1, 1] (default {r.max_translate} = +-15%% of the side)")
-    g.add_argument("--max-rotate", type=float, help=f"rotation pass angles ~ U(+-this) degrees (default {r.max_rotate})")
+                   f"spanning [-1, 1] (default {recipe.max_translate} = +-15%% of the side)")
+    g.add_argument("--max-rotate", type=float, help=f"rotation pass angles ~ U(+-this) degrees (default {recipe.max_rotate})")
     g.add_argument("--codebook-translate", type=int,
-                   help=f"table points per translation axis (default {r.codebook_translate})")
-    g.add_argument("--codebook-rotate", type=int, help=f"table points over 360 degrees (default {r.codebook_rotate})")
+                   help=f"table points per translation axis (default {recipe.codebook_translate})")
+    g.add_argument("--codebook-rotate", type=int, help=f"table points over 360 degrees (default {recipe.codebook_rotate})")
     g.add_argument("--codebook-init", type=float, help="table = identity + U(+-this) at start (default 0.01)")
     g.add_argument("--mask-margin", type=float, help="pixels a feature's source keeps from the image border "
                    "(default: the kernel radius)")
@@ -174,13 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     g.add_argument("--workers", type=int, help="data-loading processes (default: 0 for the embedded photos, "
                    "else up to 4)")
-    g.add_argument("--cache-mb", type=float, help=f"decoded-image cache per loader process, MiB (default {o.cache_mb:g})")
-    g.add_argument("--log-every", type=int, help=f"steps between metrics lines (default {o.log_every})")
+    g.add_argument("--cache-mb", type=float, help=f"decoded-image cache per loader process, MiB (default {options.cache_mb:g})")
+    g.add_argument("--log-every", type=int, help=f"steps between metrics lines (default {options.log_every})")
     g.add_argument("--ckpt-every", "--save-every", dest="ckpt_every", type=int,
-                   help=f"steps between checkpoints (default {o.ckpt_every})")
+                   help=f"steps between checkpoints (default {options.ckpt_every})")
     g.add_argument("--sheet-every", "--sample-every", dest="sheet_every", type=int,
-                   help=f"steps between PNG sheets; 0: only at the end (default {o.sheet_every})")
-    g.add_argument("--keep", type=int, help=f"checkpoints kept (default {o.keep})")
+                   help=f"steps between PNG sheets; 0: only at the end (default {options.sheet_every})")
+    g.add_argument("--keep", type=int, help=f"checkpoints kept (default {options.keep})")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this many steps of this run")
     return p
@@ -236,30 +236,28 @@ def check(recipe: Recipe, options: Options) -> Recipe:
 
 
 # --- the models ---------------------------------------------------------------------------
-def build_models(recipe: Recipe | dict) -> tuple[ModularAutoencoder, EquivarianceCodebook]:
+def build_models(recipe: Recipe) -> tuple[ModularAutoencoder, EquivarianceCodebook]:
     """The autoencoder (weights: kaiming normal, fan_out, as the authors' tools, times
     ``init_scale``) and its table of equivariance matrices."""
-    r = recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
-    ae = ModularAutoencoder(AutoencoderConfig(gonlin=r.gonlin, n_vector=r.n_vector, vector_length=r.vector_length,
-                                              stride=r.stride, kernel_size=r.kernel_size, activation=r.activation,
+    ae = ModularAutoencoder(AutoencoderConfig(gonlin=recipe.gonlin, n_vector=recipe.n_vector, vector_length=recipe.vector_length,
+                                              stride=recipe.stride, kernel_size=recipe.kernel_size, activation=recipe.activation,
                                               groups=[]))
     for m in ae.gonlin.modules():
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            m.weight.data.mul_(r.init_scale)
-    codebook = EquivarianceCodebook(ae.n_vector, ae.vector_length, r.codebook_translate, r.codebook_rotate,
-                                    r.codebook_init)
+            m.weight.data.mul_(recipe.init_scale)
+    codebook = EquivarianceCodebook(ae.n_vector, ae.vector_length, recipe.codebook_translate, recipe.codebook_rotate,
+                                    recipe.codebook_init)
     return ae, codebook
 
 
-def make_trainee(recipe: Recipe | dict) -> Trainee:
+def make_trainee(recipe: Recipe) -> Trainee:
     """The autoencoder, its table and the weighted loss terms, as one module."""
-    r = recipe if isinstance(recipe, Recipe) else Recipe(**recipe)
-    ae, codebook = build_models(r)
-    weights = LossWeights(rec=r.lambda_rec, rec_trans=r.lambda_rec_trans, rec_pred=r.lambda_rec_pred,
-                          equ=r.lambda_equ, sym=r.lambda_sym)
-    return Trainee(ae, codebook, weights, temperature=r.temperature, mask_margin=r.mask_margin,
-                   passes=[s.strip() for s in r.passes.split(",") if s.strip()])
+    ae, codebook = build_models(recipe)
+    weights = LossWeights(rec=recipe.lambda_rec, rec_trans=recipe.lambda_rec_trans, rec_pred=recipe.lambda_rec_pred,
+                          equ=recipe.lambda_equ, sym=recipe.lambda_sym)
+    return Trainee(ae, codebook, weights, temperature=recipe.temperature, mask_margin=recipe.mask_margin,
+                   passes=[s.strip() for s in recipe.passes.split(",") if s.strip()])
 
 
 def make_scheduler(optimizer, recipe: Recipe):
@@ -394,12 +392,12 @@ class Training:
         """The recipe and where things go, once at the start (rank 0)."""
         if not self.dist.is_main:
             return
-        r, d = self.recipe, self.dist
-        print("recipe: " + json.dumps(asdict(r)), file=sys.stderr)
-        print(f"data: {self.images.description}; {r.steps} steps x {r.batch_size} crops of {r.crop}px; "
-              f"device {d.device} x {d.world_size}; starting at step {self.step}; work dir {self.work_dir}",
+        recipe, dist = self.recipe, self.dist
+        print("recipe: " + json.dumps(asdict(recipe)), file=sys.stderr)
+        print(f"data: {self.images.description}; {recipe.steps} steps x {recipe.batch_size} crops of {recipe.crop}px; "
+              f"device {dist.device} x {dist.world_size}; starting at step {self.step}; work dir {self.work_dir}",
               file=sys.stderr)
-        self.log.write({"step": self.step, "event": "start", "recipe": asdict(r), "world_size": d.world_size})
+        self.log.write({"step": self.step, "event": "start", "recipe": asdict(recipe), "world_size": dist.world_size})
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """batch -> loss terms -> one AdamW step. Returns the detached terms (``loss``: the total)."""

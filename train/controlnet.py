@@ -489,19 +489,19 @@ class Training:
         """The recipe and the plan, once at the start (rank 0)."""
         if not self.dist.is_main:
             return
-        a, r, d = self.args, self.recipe, self.dist
+        args, recipe = self.args, self.recipe
         counts = runtime.skipped_counts(self.skipped, self.index.scan_skipped)
-        print("recipe: " + json.dumps(asdict(r)), file=sys.stderr)
+        print("recipe: " + json.dumps(asdict(recipe)), file=sys.stderr)
         print(f"SCG ControlNet: {len(self.usable)} training images ({self.index.captioned} captioned from "
-              f"{self.index.caption_source}; {a.samples} held out for samples; {runtime.describe_skipped(counts)} "
-              f"skipped), modules {a.modules} = {self.modules}, hint {self.hint_hw[0]}x{self.hint_hw[1]} at "
-              f"{a.resolution}px, {r.precision}, checkpointing {'on' if a.gradient_checkpointing else 'off'}, "
-              f"{'cached latents' if a.precompute else 'latents encoded per step'}, {d.world_size} process(es) x "
-              f"batch {a.batch_size} x accum {a.grad_accum}, steps {self.step}->{self.stop_at} of {self.steps}",
+              f"{self.index.caption_source}; {args.samples} held out for samples; {runtime.describe_skipped(counts)} "
+              f"skipped), modules {args.modules} = {self.modules}, hint {self.hint_hw[0]}x{self.hint_hw[1]} at "
+              f"{args.resolution}px, {recipe.precision}, checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+              f"{'cached latents' if args.precompute else 'latents encoded per step'}, {self.dist.world_size} process(es) x "
+              f"batch {args.batch_size} x accum {args.grad_accum}, steps {self.step}->{self.stop_at} of {self.steps}",
               file=sys.stderr)
         self.log.write({"step": self.step, "event": "start", "steps": self.steps, "images": len(self.usable),
-                        "skipped": sum(counts.values()), "precision": r.precision, "world_size": d.world_size,
-                        "recipe": asdict(r)})
+                        "skipped": sum(counts.values()), "precision": recipe.precision, "world_size": self.dist.world_size,
+                        "recipe": asdict(recipe)})
 
     def note_skipped(self, micro_batches: list[dict]) -> None:
         for batch in micro_batches:
@@ -545,24 +545,24 @@ class Training:
         rngs = self.dist.gather(runtime.rng_state(self.dist.device))
         self.skipped = self.dist.merge(self.skipped)
         if self.dist.is_main:
-            a = self.args
-            info = {"trainer": "scg train.controlnet", "modules": self.modules, "selection": a.modules,
-                    "autoencoder": {"file": os.path.basename(a.autoencoder), "sha256": self.recipe.autoencoder},
-                    "hint": {"resolution": a.resolution, "size": list(self.hint_hw),
+            args = self.args
+            info = {"trainer": "scg train.controlnet", "modules": self.modules, "selection": args.modules,
+                    "autoencoder": {"file": os.path.basename(args.autoencoder), "sha256": self.recipe.autoencoder},
+                    "hint": {"resolution": args.resolution, "size": list(self.hint_hw),
                              "how": "ae.hint(image centre-cropped and resized to the generation size), raw, "
                                     "fed to the hint block without resizing"},
-                    "base": os.path.basename(a.base), "steps": self.step, "images": len(self.usable),
-                    "init": os.path.basename(a.init_controlnet) if a.init_controlnet else "unet-encoder",
-                    "batch_size": a.batch_size, "grad_accum": a.grad_accum, "world_size": self.dist.world_size,
-                    "lr": a.lr, "precision": self.recipe.precision, "caption_dropout": a.caption_dropout,
+                    "base": os.path.basename(args.base), "steps": self.step, "images": len(self.usable),
+                    "init": os.path.basename(args.init_controlnet) if args.init_controlnet else "unet-encoder",
+                    "batch_size": args.batch_size, "grad_accum": args.grad_accum, "world_size": self.dist.world_size,
+                    "lr": args.lr, "precision": self.recipe.precision, "caption_dropout": args.caption_dropout,
                     "captions": self.index.caption_source, "final_losses": self.final_losses,
                     "skipped": runtime.skipped_counts(self.skipped, self.index.scan_skipped)}
             weights = formats.ControlNetFile(dict(self.controlnet.state_dict()), self.ae, {})
-            formats.save_controlnet(weights, self.out, dtype=SAVE_DTYPES[a.save_dtype], info=info)
+            formats.save_controlnet(weights, self.out, dtype=SAVE_DTYPES[args.save_dtype], info=info)
             state = {"recipe": asdict(self.recipe), "controlnet": self.controlnet.state_dict(),
                      "optimizer": self.trainer.optimizer.state_dict(), "rng": rngs, "skipped": dict(self.skipped),
                      "final_losses": self.final_losses}
-            runtime.save_checkpoint(state, self.work_dir, self.step, TRAINER, a.keep)
+            runtime.save_checkpoint(state, self.work_dir, self.step, TRAINER, args.keep)
         self.dist.barrier()
 
 
