@@ -22,7 +22,6 @@ import os
 import shlex
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 
@@ -375,8 +374,10 @@ class Training:
         path = self.save_checkpoint()
         if stopped:
             if dist.is_main:
+                work_dir = f" --work-dir {shlex.quote(self.work_dir)}" if self.options.work_dir else ""
                 print(f"stopped at step {self.step}/{recipe.steps}; checkpoint {path}\nresume with: "
-                      f"python -m train.autoencoder --resume auto --out {shlex.quote(self.out)}", file=sys.stderr)
+                      f"python -m train.autoencoder --resume auto --out {shlex.quote(self.out)}{work_dir}",
+                      file=sys.stderr)
             dist.barrier()
             return 130
         self.write_sheet()
@@ -419,9 +420,10 @@ class Training:
         return {"loss": loss.detach().float(), **{k: v.detach().float() for k, v in terms.items()}}
 
     def check_losses(self, sums: dict) -> None:
-        """Stop (TrainError) before anything is written when a loss since the last log is not finite."""
+        """Stop (TrainError) before anything is written when a loss since the last log is not finite
+        (decided over all ranks, so that every rank stops on the same step)."""
         if sums:
-            runtime.check_finite({k: float(v) for k, v in sums.items()}, self.step)
+            runtime.check_finite(self.dist.mean({k: float(v) for k, v in sums.items()}), self.step)
 
     def log_metrics(self, sums: dict, n: int, t_log: float, bar) -> float:
         """Mean loss terms since the last line, over ranks, to metrics.jsonl and the bar."""
@@ -513,7 +515,6 @@ def train(argv: list[str] | None = None) -> int:
     recipe, options, checkpoint = parse(argv)
     if options.threads:
         torch.set_num_threads(options.threads)
-    warnings.filterwarnings("once", message="skipping image")
     dist = Dist.start(options.device)
     try:
         run = Training(recipe, options, checkpoint, argv, dist)

@@ -622,8 +622,6 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     """The command: 0 when the run finished, 130 when stopped early (a checkpoint written), 2 on an error."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if os.environ.get("SCG_VERBOSE") else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
     return runtime.run_cli(lambda: 0 if run(args)["done"] else 130)
 
 

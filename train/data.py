@@ -8,8 +8,8 @@ skipped (the next image takes its place), reported once and counted by reason; i
 """
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,6 +19,8 @@ import torch
 from scg_models.imaging import ImageFileError, load_image, scan_images
 
 from .runtime import EpochOrder, TrainError
+
+log = logging.getLogger("scg.train")
 
 #: The photographs in ``skimage.data`` that live inside the package (no download):
 #: natural and scientific photographs; the synthetic ones (checkerboards, logo, phantom,
@@ -114,7 +116,7 @@ class ImageSet:
                 return j, self.load(j)
             except ImageFileError as e:  # skip the file, never the run
                 self.bad[j] = e.reason
-                warnings.warn(f"skipping image: {e}", stacklevel=2)
+                log.warning("skipping image: %s", e)
         raise TrainError(f"{self.description}: none of the {n} images could be read")
 
 

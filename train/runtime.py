@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import logging
 import os
 import re
 import signal
@@ -463,7 +464,10 @@ def check_finite(values: dict[str, float], step: int) -> None:
 
 
 def run_cli(main: Callable[[], int]) -> int:
-    """Run a trainer's ``main`` as a command: a project error is one line on stderr, exit 2."""
+    """Run a trainer's ``main`` as a command: warnings of the ``scg`` loggers on stderr (everything
+    with ``$SCG_VERBOSE``); a project error is one line on stderr, exit 2."""
+    logging.basicConfig(level=logging.INFO if os.environ.get("SCG_VERBOSE") else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return main()
     except SCGError as e:
