@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scg_models.imaging import ImageFileError, check_image, fit, load_image, scan_images
+from scg_models import imaging
+from scg_models.imaging import ImageFileError, check_image, fit, scan_images
 
 from .runtime import Dist, EpochOrder, StepSampler, TrainError, atomic_write, progress
 
@@ -116,8 +117,12 @@ def scan(root, captions_json=None, check: bool = True, threads: int = 8) -> Imag
 def prepare_image(path, resolution: int) -> torch.Tensor:
     """One image file -> 3xRxR float32 in [0, 1], prepared as at inference (see the module doc).
     Raises :class:`scg_models.imaging.ImageFileError` for a file that cannot be used."""
-    x = torch.from_numpy(load_image(path, np.float32)).permute(2, 0, 1)
+    x = torch.from_numpy(imaging.load_image(path, np.float32)).permute(2, 0, 1)
     return fit(x[None], resolution, resolution)[0].contiguous()
+
+
+#: the name ``train.evaluate`` calls it by
+load_image = prepare_image
 
 
 # --- the sample order: a pure function of (seed, position) ---------------------------------
@@ -302,5 +307,5 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
-__all__ = ["CACHE_VERSION", "ImageIndex", "LatentCache", "TrainSet", "collate", "precompute", "prepare_image", "scan",
+__all__ = ["CACHE_VERSION", "ImageIndex", "LatentCache", "TrainSet", "collate", "load_image", "precompute", "prepare_image", "scan",
            "step_batches"]

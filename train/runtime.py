@@ -29,6 +29,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -194,19 +195,31 @@ def save_torch(obj, path) -> str:
 
 
 def remove_partials(folder) -> list[str]:
-    """Delete the temporary files of killed writes in ``folder``: ours (``.NAME.PID.partial``
-    whose process is gone) and older writers' ``.tmp-*`` files with a model extension. Returns them."""
+    """Delete the temporary files of killed writes in ``folder``: ours (``.NAME.PID.partial`` whose
+    process is gone), the core writer's (``.tmp-*.partial``, untouched for 10 minutes) and older
+    writers' ``.tmp-*`` files with a model extension (which ComfyUI would list). Returns them."""
     folder = os.fspath(folder)
     removed = []
     for name in (os.listdir(folder) if os.path.isdir(folder) else []):
-        m = _PARTIAL.match(name)
-        stale = (m is not None and not _alive(int(m.group(1)))) or (
-            name.startswith(".tmp-") and name.endswith(MODEL_EXTENSIONS))
         path = os.path.join(folder, name)
+        m = _PARTIAL.match(name)
+        if m is not None and not name.startswith(".tmp-"):
+            stale = not _alive(int(m.group(1)))
+        elif name.startswith(".tmp-") and name.endswith(".partial"):
+            stale = _untouched_for(path, 600)
+        else:
+            stale = name.startswith(".tmp-") and name.endswith(MODEL_EXTENSIONS)
         if stale and os.path.isfile(path) and not os.path.islink(path):
             os.unlink(path)
             removed.append(path)
     return removed
+
+
+def _untouched_for(path: str, seconds: float) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime > seconds
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:

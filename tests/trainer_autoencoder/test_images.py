@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from scg_models.imaging import ImageFileError, check_image, load_image, scan_images
-from scg_testing.hostile import GREY16, bomb_png, grey16_png, hostile_folder
+from scg_testing.data_folders import GREY16, bomb_png, grey16_png, hostile_folder
 from scg_testing.trainers import child_env
 from train import runtime
 
@@ -92,28 +93,15 @@ def test_atomic_write_uses_a_name_no_loader_lists_and_cleans_up(tmp_path):
     assert os.listdir(tmp_path) == ["s.pt"]
 
 
-def test_core_save_uses_a_temporary_name_no_loader_lists(tmp_path, monkeypatch):
-    from scg_models import ModularAutoencoder, formats, save_autoencoder
-
-    names = []
-
-    def dying_save_file(tensors, path, metadata=None):
-        names.append(os.path.basename(path))
-        raise OSError("disk full")
-
-    monkeypatch.setattr(formats, "save_file", dying_save_file)
-    with pytest.raises(OSError):
-        save_autoencoder(ModularAutoencoder(), tmp_path / "ae.safetensors")
-    assert names and not names[0].endswith(runtime.MODEL_EXTENSIONS), names
-
-
 def test_stale_partials_of_dead_processes_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    stale = [f".m.safetensors.{dead}.partial", ".tmp-abc123.safetensors", ".tmp-x.pt"]
-    live = [f".m.safetensors.{os.getpid()}.partial", "keep.safetensors", ".tmp-notes.txt"]
+    stale = [f".m.safetensors.{dead}.partial", ".tmp-abc123.safetensors", ".tmp-x.pt", ".tmp-old.partial"]
+    live = [f".m.safetensors.{os.getpid()}.partial", "keep.safetensors", ".tmp-notes.txt", ".tmp-new.partial"]
     for name in stale + live:
         (tmp_path / name).write_bytes(b"x")
+    hour_ago = time.time() - 3600
+    os.utime(tmp_path / ".tmp-old.partial", (hour_ago, hour_ago))  # another writer's, untouched for an hour
     removed = runtime.remove_partials(tmp_path)
     assert sorted(os.path.basename(p) for p in removed) == sorted(stale)
     assert sorted(os.listdir(tmp_path)) == sorted(live)

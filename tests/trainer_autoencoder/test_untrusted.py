@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import scg_models
-from scg_testing.hostile import hostile_folder
+from scg_testing.data_folders import hostile_folder
 from scg_testing.trainers import ROOT, TINY_AE, child_env, make_images
 from train import autoencoder as trainer
 from train import runtime

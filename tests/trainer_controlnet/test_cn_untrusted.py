@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from scg_testing.hostile import hostile_folder
+from scg_testing.data_folders import hostile_folder
 from scg_testing.trainers import CONTROLNET_SCRIPT, ROOT, child_env, controlnet_args, run_controlnet
 from train import runtime
 from train.runtime import TrainError

@@ -13,8 +13,9 @@ use (``SD15`` model config, ``BaseModel``, ``SD1ClipModel``, ``VAE``, ``cldm.Con
 * :func:`install`: makes ``train.sd15.load_base`` build such a file from its spec (any other file
   still takes ComfyUI's loader). Production code has no spec path; tests install this hook.
 
-Run by path, this file is ``python -m train.controlnet`` with the hook installed (subprocess and
-``torchrun`` tests): ``python tests/lib/scg_testing/tiny_sd15.py --base tiny.safetensors ...``.
+Run by path, this file is ``python -m train.controlnet`` (or ``-m MODULE``, e.g. ``train.evaluate``)
+with the hook installed (subprocess and ``torchrun`` tests):
+``python tests/lib/scg_testing/tiny_sd15.py --base tiny.safetensors ...``.
 Needs ComfyUI importable (``train.sd15.import_comfy``) before any builder is called.
 """
 from __future__ import annotations
@@ -261,10 +262,13 @@ def install() -> None:
     sd15.load_base = load_base
 
 
-if __name__ == "__main__":  # python tests/lib/scg_testing/tiny_sd15.py ARGS == python -m train.controlnet ARGS
+if __name__ == "__main__":  # tiny_sd15.py [-m MODULE] ARGS == python -m MODULE ARGS (default train.controlnet)
+    import importlib
     import sys
 
-    from train import controlnet
-
+    argv = sys.argv[1:]
+    module = "train.controlnet"
+    if argv[:1] == ["-m"]:
+        module, argv = argv[1], argv[2:]
     install()
-    sys.exit(controlnet.main())
+    sys.exit(importlib.import_module(module).main(argv))
