@@ -29,7 +29,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "lib")]  # the pack, and the one tiny/random SD1.5 builder
 
 RECIPES = {
     "authors": {"precision": "fp32", "checkpointing": False, "cache": False},
@@ -45,9 +46,10 @@ def _sync(device):
 
 
 def run_recipe(name, base, ae, modules, images, captions, device, steps, warmup, batch):
+    import comfy.model_management as mm
+
     from train import sd15
     from train.controlnet import Trainer
-    import comfy.model_management as mm
 
     cfg = RECIPES[name]
     gc.collect()
@@ -95,7 +97,8 @@ def run_recipe(name, base, ae, modules, images, captions, device, steps, warmup,
     if device.type == "cuda":
         out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         out["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
-    del trainer, controlnet, cached
+    del trainer, controlnet
+    cached = None  # frees the cached latents (batch_at still refers to the name)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -130,12 +133,14 @@ def main(argv=None) -> int:
     from scg_models import ModularAutoencoder
 
     spec_name = a.spec if a.spec != "auto" else ("sd15" if cuda else "tiny")
-    spec = sd15.SD15_SPEC if spec_name == "sd15" else sd15.TINY_SPEC
+    from scg_testing import tiny_sd15
+
+    spec = tiny_sd15.SD15_SPEC if spec_name == "sd15" else tiny_sd15.TINY_SPEC
     res = a.resolution or (512 if spec_name == "sd15" else 64)
     steps = a.steps or (10 if cuda else 3)
     warmup = a.warmup if a.warmup is not None else (3 if cuda else 1)
     t0 = time.perf_counter()
-    base = sd15.build_from_spec(spec, seed=0)
+    base = tiny_sd15.build_base(spec, seed=0)
     build_s = time.perf_counter() - t0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -18,12 +18,14 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train/__init__.py; before torch loads
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from train.autoencoder import RECIPE, make_trainee  # noqa: E402
-from train.data import Plan  # noqa: E402
+from train.autoencoder import Recipe, make_trainee
+from train.data import Plan
+
+RECIPE = Recipe()
 from train.losses import affine_matrices  # noqa: E402
 
 #: dense peak TFLOP/s (bf16 tensor cores, fp32 via TF32 tensor cores, plain fp32), by device-name fragment
@@ -45,7 +47,7 @@ def make_inputs(batch: int, crop: int, device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, 3, crop, crop, generator=g)
     x = torch.nn.functional.avg_pool2d(x, 3, 1, 1)  # a little spatial correlation
-    plan = Plan(1, batch, seed, RECIPE["max_translate"], RECIPE["max_rotate"]).step(0)
+    plan = Plan(1, batch, seed, RECIPE.max_translate, RECIPE.max_rotate).step(0)
     tr = {}
     for name in ("trans", "rot"):
         ang = torch.tensor(plan.angle[name], dtype=torch.float32)
@@ -58,7 +60,7 @@ def bench(device: str, batch: int, crop: int, precision: str, steps: int, warmup
     dev = torch.device(device)
     torch.manual_seed(0)
     t = make_trainee(RECIPE).to(dev)
-    opt = torch.optim.AdamW(t.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
+    opt = torch.optim.AdamW(t.parameters(), lr=RECIPE.lr, weight_decay=RECIPE.weight_decay)
     fwd = torch.compile(t) if compile_ else t
     x, tr = make_inputs(batch, crop, dev)
     amp = precision == "bf16"
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=0, help="timed steps (default: 3 on CPU, 30 on GPU)")
     p.add_argument("--config", action="append", default=None,
                    help="BATCHxCROP to time (repeatable); default: the recipe default "
-                        f"{RECIPE['batch_size']}x{RECIPE['crop']} (and 8x96, the shipped model's, on CPU)")
+                        f"{RECIPE.batch_size}x{RECIPE.crop} (and 8x96, the shipped model's, on CPU)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (GPU)")
     a = p.parse_args(argv)
     if a.threads:
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
         name = torch.cuda.get_device_name(torch.device(a.device))
     else:
         name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s)"
-    configs = a.config or ([f"{RECIPE['batch_size']}x{RECIPE['crop']}"] + ([] if cuda else ["8x96"]))
+    configs = a.config or ([f"{RECIPE.batch_size}x{RECIPE.crop}"] + ([] if cuda else ["8x96"]))
     precisions = ["fp32", "bf16"] if cuda else ["fp32"]
     steps = a.steps or (30 if cuda else 3)
     print(f"train.autoencoder step benchmark on {a.device} ({name}), torch {torch.__version__}")

@@ -17,16 +17,28 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 import scg_models
-from scg_models.analysis import (COLOUR_MIN_CHROMA, LUMINANCE_MAX_CHROMA, ORIENTED_MIN_OSI, WEAK_MAX_STRENGTH,
-                                 derive_groups, grating_responses, module_tuning, summary)
+from scg_models.analysis import (
+    COLOUR_MIN_CHROMA,
+    LUMINANCE_MAX_CHROMA,
+    ORIENTED_MIN_OSI,
+    WEAK_MAX_STRENGTH,
+    derive_groups,
+    grating_responses,
+    module_tuning,
+    summary,
+)
 from scg_models.groups import validate_groups
 
 from .viz import grid, kernels_rgb, line_plot, save_png
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
@@ -70,7 +82,7 @@ def side_by_side(cols: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def tuning_png(ae, tunings, title: str) -> "Image":
+def tuning_png(ae, tunings, title: str) -> Image:
     """Per module: orientation tuning (each channel, at its preferred colour and frequency) and
     spatial-frequency tuning; plus the module's kernels."""
     from PIL import Image, ImageDraw
@@ -113,12 +125,13 @@ def tuning_png(ae, tunings, title: str) -> "Image":
 
 def load_model(path: str):
     """An autoencoder file, or a train.autoencoder checkpoint (to watch a run as it trains)."""
-    from .autoencoder import CKPT_FORMAT, build_models
+    from .autoencoder import TRAINER, Recipe, build_models
+    from .runtime import CHECKPOINT_FORMAT
 
     if path.endswith(".pt"):
         ck = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(ck, dict) and ck.get("format") == CKPT_FORMAT:
-            ae, _ = build_models(ck["recipe"])
+        if isinstance(ck, dict) and ck.get("format") == CHECKPOINT_FORMAT and ck.get("trainer") == TRAINER:
+            ae, _ = build_models(Recipe(**ck["recipe"]))
             ae.load_state_dict({k[3:]: v for k, v in ck["model"].items() if k.startswith("ae.")})
             ae.config.info = {"steps": ck["step"], "command": "checkpoint " + path}
             return ae.eval().requires_grad_(False)

@@ -6,7 +6,8 @@ same-named ``.txt`` caption next to it (``cat.jpg`` + ``cat.txt``: the LoRA-set 
 or a COCO-style captions JSON (``--captions captions_train2017.json``: ``images[].file_name``
 relative to DIR, ``annotations[].caption``; the first caption of an image is used, as the
 authors did). An image without a caption trains with the empty prompt. Files that cannot be
-read as images are skipped and counted (at the scan, and again if decoding fails later).
+used as images (not regular files, decompression bombs, undecodable) are skipped and counted by
+reason (at the scan, and again if decoding fails later), as :mod:`scg_models.imaging` says.
 
 Images are prepared exactly as ComfyUI's ``LoadImage`` plus SCG's ``fit`` prepare a hint image at
 inference: EXIF rotation, RGB (alpha dropped), float in [0, 1], centre crop to a square, then
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scg_models.errors import SCGError
+from scg_models import imaging
+from scg_models.imaging import ImageFileError, check_image, fit, scan_images
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+from .runtime import Dist, EpochOrder, StepSampler, TrainError, atomic_write, progress
+
 CACHE_VERSION = 1
 
 
@@ -37,7 +39,8 @@ class ImageIndex:
     root: Path
     paths: list[str]
     captions: list[str]
-    skipped: dict[str, str] = field(default_factory=dict)  # relative path → reason
+    skipped: dict[str, str] = field(default_factory=dict)  # relative path -> reason (scg_models.imaging)
+    scan_skipped: dict[str, int] = field(default_factory=dict)  # reason -> count of entries that are no files
     caption_source: str = "none"
     captioned: int = 0
 
@@ -63,21 +66,16 @@ def _coco_captions(path: Path) -> dict[str, str]:
                 out[name] = " ".join(str(ann["caption"]).split())
         return out
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SCGError(f"--captions: {path} is not a COCO-style captions JSON "
+        raise TrainError(f"--captions: {path} is not a COCO-style captions JSON "
                        f"(images[].id/file_name, annotations[].image_id/caption): {e}") from None
 
 
-def _check_header(path: Path) -> str | None:
-    from PIL import Image, UnidentifiedImageError
-
+def _check(path: Path) -> str | None:
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-        if w < 1 or h < 1:
-            return "empty image"
-        return None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        return f"not a readable image ({type(e).__name__}: {e})"
+        check_image(path)
+    except ImageFileError as e:
+        return e.reason
+    return None
 
 
 def scan(root, captions_json=None, check: bool = True, threads: int = 8) -> ImageIndex:
@@ -85,13 +83,13 @@ def scan(root, captions_json=None, check: bool = True, threads: int = 8) -> Imag
     and skip (and count) the ones that are not readable images."""
     root = Path(root)
     if not root.is_dir():
-        raise SCGError(f"--data: {root} is not a folder of images")
-    paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        raise TrainError(f"--data: {root} is not a folder of images")
+    found, scan_skipped = scan_images(root)
+    paths = [Path(p).relative_to(root).as_posix() for p in found]
     skipped: dict[str, str] = {}
     if check and paths:
         with ThreadPoolExecutor(max(1, threads)) as pool:
-            for rel, err in zip(paths, pool.map(_check_header, (root / p for p in paths))):
+            for rel, err in zip(paths, pool.map(_check, (root / p for p in paths))):
                 if err:
                     skipped[rel] = err
         paths = [p for p in paths if p not in skipped]
@@ -110,62 +108,35 @@ def scan(root, captions_json=None, check: bool = True, threads: int = 8) -> Imag
                 caps.append("")
         source = "same-named .txt files"
     if not paths:
-        raise SCGError(f"--data: no readable images under {root} (looked for {', '.join(sorted(IMAGE_EXTS))}"
-                       + (f"; {len(skipped)} unreadable" if skipped else "") + ")")
-    return ImageIndex(root, paths, caps, skipped, source, sum(1 for c in caps if c))
+        raise TrainError(f"--data: no readable images under {root} (png/jpg/jpeg/webp/bmp/tif/tiff"
+                         + (f"; {len(skipped) + sum(scan_skipped.values())} skipped" if skipped or scan_skipped
+                            else "") + ")")
+    return ImageIndex(root, paths, caps, skipped, dict(scan_skipped), source, sum(1 for c in caps if c))
 
 
-def load_image(path, resolution: int) -> torch.Tensor:
-    """One image file → 3×R×R float32 in [0, 1], prepared as at inference (see the module doc)."""
-    from PIL import Image, ImageOps
-
-    from scg_models.imaging import fit
-
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode == "I":  # 16-bit greyscale, scaled as ComfyUI's LoadImage does
-            im = im.point(lambda v: v * (1 / 255))
-        arr = np.array(im.convert("RGB"), dtype=np.uint8)
-    x = torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+def prepare_image(path, resolution: int) -> torch.Tensor:
+    """One image file -> 3xRxR float32 in [0, 1], prepared as at inference (see the module doc).
+    Raises :class:`scg_models.imaging.ImageFileError` for a file that cannot be used."""
+    x = torch.from_numpy(imaging.load_image(path, np.float32)).permute(2, 0, 1)
     return fit(x[None], resolution, resolution)[0].contiguous()
 
 
+#: the name ``train.evaluate`` calls it by
+load_image = prepare_image
+
+
 # --- the sample order: a pure function of (seed, position) ---------------------------------
-class StepOrder:
-    """Which training image each sample position uses: an endless stream of per-epoch
-    permutations of ``n`` images, seeded. Position ``p`` of micro-batch ``k`` on rank ``r`` is
-    ``k·B·W + r·B + j``, so one process with batch B·W sees exactly the samples of W processes
-    with batch B, and a resumed run continues the same stream."""
+def step_batches(order: EpochOrder, batch: int, world: int, rank: int, start: int, stop: int) -> StepSampler:
+    """Micro-batches ``start .. stop-1`` of this rank as lists of ``(position, image)``.
 
-    def __init__(self, n: int, seed: int):
-        if n < 1:
-            raise SCGError("no training images left (all skipped or held out)")
-        self.n, self.seed, self._perm = n, int(seed), {}
+    Position ``p`` of micro-batch ``k`` on rank ``r`` is ``k*B*W + r*B + j``, so one process with
+    batch B*W sees exactly the samples of W processes with batch B, and a resumed run continues
+    the same stream (which image a position holds: ``order``)."""
+    def positions(k: int) -> list[tuple[int, int]]:
+        first = (k * world + rank) * batch
+        return [(p, order.item(p)) for p in range(first, first + batch)]
 
-    def item(self, position: int) -> int:
-        epoch, i = divmod(int(position), self.n)
-        if epoch not in self._perm:
-            if len(self._perm) > 4:
-                self._perm.clear()
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm[epoch] = torch.randperm(self.n, generator=g).tolist()
-        return self._perm[epoch][i]
-
-
-class StepBatches(torch.utils.data.Sampler):
-    """Micro-batches ``start .. stop-1`` of this rank as lists of ``(position, index)``."""
-
-    def __init__(self, order: StepOrder, batch: int, world: int, rank: int, start: int, stop: int):
-        self.order, self.batch, self.world, self.rank = order, batch, world, rank
-        self.start, self.stop = start, stop
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-    def __iter__(self):
-        for k in range(self.start, self.stop):
-            base = (k * self.world + self.rank) * self.batch
-            yield [(p, self.order.item(p)) for p in range(base, base + self.batch)]
+    return StepSampler(start, stop, positions)
 
 
 # --- the cache of latents and text embeddings ---------------------------------------------
@@ -225,9 +196,67 @@ class LatentCache:
 
     def finish(self, meta: dict) -> None:
         self._arrays.clear()
-        tmp = self.folder / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, self.folder / "meta.json")
+        atomic_write(self.folder / "meta.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+
+
+# --- precompute: the cache filled once ---------------------------------------------------
+class _Decode(torch.utils.data.Dataset):
+    """Images ``items`` of the index as (i, 3xRxR or None, reason) for the precompute pass."""
+
+    def __init__(self, index, items, resolution):
+        self.index, self.items, self.resolution = index, items, resolution
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, k):
+        i = self.items[k]
+        try:
+            return i, prepare_image(self.index.root / self.index.paths[i], self.resolution), ""
+        except ImageFileError as e:
+            return i, None, e.reason
+
+
+def precompute(base, index, resolution: int, folder: str, key: dict, dist: Dist, batch: int, workers: int):
+    """Encode every image's latent and every distinct caption's embedding once (all ranks share
+    the work); reuse the cache when its key matches. Returns (cache, {path: reason} of failures)."""
+    from . import sd15
+
+    cache = LatentCache(folder)
+    meta = cache.meta()
+    if meta is not None and meta.get("key") == key:
+        ok = cache.ok()
+        return cache, {index.paths[i]: "undecodable" for i in np.flatnonzero(ok == 0)}
+    texts = [""] + sorted(set(index.captions) - {""})
+    row = {c: r for r, c in enumerate(texts)}
+    f = int(base.vae.spacial_compression_encode())  # 8 for SD1.5
+    if dist.is_main:
+        cache.create(len(index), (4, resolution // f, resolution // f), len(texts), (77, base.context_dim))
+        cache.write("text_row", slice(None), np.array([row[c] for c in index.captions], dtype=np.int32))
+    dist.barrier()
+    mine = list(range(dist.rank, len(texts), dist.world_size))
+    for s in range(0, len(mine), 64):
+        rows = mine[s:s + 64]
+        cache.write("text", rows, sd15.encode_text(base, [texts[r] for r in rows]).numpy().astype(np.float16))
+    items = list(range(dist.rank, len(index), dist.world_size))
+    loader = torch.utils.data.DataLoader(_Decode(index, items, resolution), batch_size=batch, num_workers=workers,
+                                         collate_fn=list)
+    failed = {}
+    for chunk in progress(loader, total=len(loader), desc="precompute", unit="batch", enabled=dist.is_main):
+        good = [(i, x) for i, x, _ in chunk if x is not None]
+        for i, _, err in chunk:
+            if err:
+                failed[index.paths[i]] = err
+        cache.write("ok", [i for i, _, _ in chunk], np.array([x is not None for _, x, _ in chunk], dtype=np.uint8))
+        if good:
+            lat = sd15.encode_images(base, torch.stack([x for _, x in good]))
+            cache.write("latents", [i for i, _ in good], lat.numpy().astype(np.float16))
+    failed = dist.merge(failed)
+    dist.barrier()
+    if dist.is_main:
+        cache.finish({"key": key, "version": 1, "images": len(index), "texts": len(texts)})
+    dist.barrier()
+    return cache, failed
 
 
 # --- the torch Dataset ---------------------------------------------------------------------
@@ -252,9 +281,9 @@ class TrainSet(torch.utils.data.Dataset):
             item = self.usable[(i + attempt) % len(self.usable)]
             rel = self.index.paths[item]
             try:
-                image = load_image(self.index.root / rel, self.resolution)
-            except Exception as e:  # corrupt data: skip, count, carry on
-                skipped.append((rel, f"{type(e).__name__}: {e}"))
+                image = prepare_image(self.index.root / rel, self.resolution)
+            except ImageFileError as e:  # corrupt data: skip, count, carry on
+                skipped.append((rel, e.reason))
                 continue
             out = {"position": position, "item": item, "image": image, "caption": self.index.captions[item],
                    "skipped": skipped}
@@ -262,7 +291,7 @@ class TrainSet(torch.utils.data.Dataset):
                 out["latent"] = self.cache.latent(item)
                 out["text"] = self.cache.text(self.cache.text_row(item))
             return out
-        raise SCGError(f"--data: {len(skipped)} images in a row could not be decoded (last: {skipped[-1][0]}: "
+        raise TrainError(f"--data: {len(skipped)} images in a row could not be decoded (last: {skipped[-1][0]}: "
                        f"{skipped[-1][1]})")
 
 
@@ -278,5 +307,5 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
-__all__ = ["CACHE_VERSION", "IMAGE_EXTS", "ImageIndex", "LatentCache", "StepBatches", "StepOrder", "TrainSet",
-           "collate", "load_image", "scan"]
+__all__ = ["CACHE_VERSION", "ImageIndex", "LatentCache", "TrainSet", "collate", "load_image", "precompute", "prepare_image", "scan",
+           "step_batches"]

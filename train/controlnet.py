@@ -8,89 +8,43 @@ frozen autoencoder at the training resolution exactly as the inference nodes mak
 (``ae.hint(image fitted to the generation size)``, raw, not resized). The SD1.5 UNet, VAE and
 CLIP are loaded, frozen, with ComfyUI's loaders; the ControlNet is ComfyUI's own class,
 initialised from the UNet's encoder with zero convolutions at zero. Objective: SD1.5's
-ε-prediction under its own noise schedule (``model_sampling`` of the loaded model).
+epsilon-prediction under its own noise schedule (``model_sampling`` of the loaded model).
 
 Several GPUs or machines: ``torchrun --nproc_per_node N -m train.controlnet ...`` (DDP; rank 0
-writes). ``--resume`` continues exactly (weights, optimiser, step, sample stream, RNG). See
+writes). ``--resume auto`` continues exactly (weights, optimiser, step, sample stream, RNG) from
+the newest checkpoint in ``--work-dir`` (default ``NAME.train/`` next to ``--out``). See
 docs/controlnet_training.md.
+
+Reads top to bottom: :class:`Trainer` (one optimiser step of the ControlNet against the frozen
+base), the :class:`Recipe` (what must match to resume), the command line, then :class:`Training`:
+build, then per step batch -> loss -> step -> log / eval / samples / save at their intervals.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
-import signal
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from scg_models.errors import SCGError
+from . import runtime
+from .runtime import Dist, StopSignal, TrainError
 
 log = logging.getLogger("scg.train")
-STATE_VERSION = 1
+TRAINER = "controlnet"
 #: noise levels of the fixed-noise evaluation loss (timesteps of SD1.5's 1000-step schedule)
 EVAL_TIMESTEPS = (50, 250, 500, 750, 950)
-
-
-# --- distributed (train/distributed.py: torchrun processes, NCCL on GPUs, gloo on the CPU) -----
-class Dist:
-    """This process of a ``torchrun`` job (or the only one), over :mod:`train.distributed`."""
-
-    def __init__(self, cpu: bool = False):
-        from . import distributed
-
-        self._d = distributed.init("cpu" if cpu else "auto", timeout_s=2 * 3600)
-        self.world, self.rank, self.device = self._d.world_size, self._d.rank, self._d.device
-        self.cuda = self.device.type == "cuda"
-
-    @property
-    def main(self) -> bool:
-        return self._d.is_main
-
-    def barrier(self) -> None:
-        from . import distributed
-
-        distributed.barrier(self._d)
-
-    def sum(self, values: list[float]) -> list[float]:
-        from . import distributed
-
-        out = distributed.mean_dict({i: float(v) for i, v in enumerate(values)}, self._d)
-        return [out[i] * self.world for i in range(len(values))]
-
-    def broadcast(self, obj):
-        """Rank 0's ``obj`` on every rank."""
-        if self.world == 1:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, obj) -> list:
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        from . import distributed
-
-        distributed.shutdown(self._d)
-
-
-# --- small helpers ----------------------------------------------------------------------
-def _precision(name: str, dist: Dist) -> str:
-    if name == "auto":
-        return "bf16" if dist.cuda and torch.cuda.is_bf16_supported() else "fp32"
-    return name
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def autoencoder_sha256(ae) -> str:
@@ -103,26 +57,9 @@ def autoencoder_sha256(ae) -> str:
     return h.hexdigest()
 
 
-def _file_identity(path: str) -> dict:
+def file_identity(path: str) -> dict:
     st = os.stat(path)
     return {"name": os.path.basename(path), "size": st.st_size}
-
-
-def state_path(out: str) -> str:
-    """The resumable training state next to the output file: ``NAME.train-state.pt``."""
-    p = Path(out)
-    return str(p.with_name(p.stem + ".train-state.pt"))
-
-
-def _atomic_torch_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def lr_at(step: int, lr: float, warmup: int) -> float:
@@ -132,22 +69,22 @@ def lr_at(step: int, lr: float, warmup: int) -> float:
 
 def sample_generator(seed: int, position: int) -> torch.Generator:
     """The RNG of one sample position: noise, timestep and caption dropout depend only on
-    (seed, position), never on the process or on how many ran before (exact resume, DDP ≡ 1 GPU)."""
+    (seed, position), never on the process or on how many ran before (exact resume, DDP = 1 GPU)."""
     return torch.Generator().manual_seed((int(seed) % 2**32) * 2**31 + int(position) % 2**31)
 
 
-# --- the step ---------------------------------------------------------------------------
+# --- one optimiser step ---------------------------------------------------------------------
 class Trainer:
     """One ControlNet being trained against a frozen SD1.5 base.
 
     ``base``: :class:`train.sd15.Base`; ``ae``: the frozen SCG autoencoder; ``modules``: module
     indices of the hint; ``controlnet``: the trainable ``comfy.cldm.cldm.ControlNet``. Batches are
-    dicts from :func:`train.cn_data.collate` (``image`` B×3×R×R in [0, 1], ``position``, and
-    either ``caption`` strings or cached ``latent``/``text``).
+    dicts from :func:`train.cn_data.collate` (``image`` Bx3xRxR in [0, 1], ``position``, and
+    either ``caption`` strings or cached ``latent``/``text``). ``dist``: DDP over its processes.
     """
 
     def __init__(self, base, ae, modules, controlnet, *, device, precision="fp32", checkpointing=False,
-                 lr=1e-5, weight_decay=1e-2, seed=0, caption_dropout=0.0, max_grad_norm=0.0, ddp=False):
+                 lr=1e-5, weight_decay=1e-2, seed=0, caption_dropout=0.0, max_grad_norm=0.0, dist: Dist | None = None):
         from . import sd15
 
         self.base, self.modules, self.device = base, list(modules), torch.device(device)
@@ -161,18 +98,11 @@ class Trainer:
             sd15.enable_checkpointing(self.unet, self.controlnet)
         else:
             sd15.disable_checkpointing(self.unet, self.controlnet)
-        self.net = self.controlnet
-        if ddp:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.net = DistributedDataParallel(self.controlnet, device_ids=[self.device.index]
-                                               if self.device.type == "cuda" else None,
-                                               gradient_as_bucket_view=True)
+        self.net = dist.wrap(self.controlnet, gradient_as_bucket_view=True) if dist else self.controlnet
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optimizer = torch.optim.AdamW(self.controlnet.parameters(), lr=lr, weight_decay=weight_decay, **fused)
         self._empty = None
 
-    # inputs ----------------------------------------------------------------------------
     def autocast(self):
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -202,16 +132,16 @@ class Trainer:
             latent = sd15.encode_images(self.base, batch["image"]).to(self.device)
             context = sd15.encode_text(self.base, batch["caption"]).to(self.device)
         hint = self.hint(batch["image"])
-        noise, t, drop = [], [], []
+        noise, timesteps, drop = [], [], []
         for p in batch["position"].tolist():
             g = sample_generator(self.seed, p)
             noise.append(torch.randn(latent.shape[1:], generator=g))
-            t.append(int(torch.randint(0, len(self.model_sampling.sigmas), (1,), generator=g)))
+            timesteps.append(int(torch.randint(0, len(self.model_sampling.sigmas), (1,), generator=g)))
             drop.append(float(torch.rand((), generator=g)) < self.caption_dropout)
         if any(drop):
             context = torch.where(torch.tensor(drop, device=self.device).view(-1, 1, 1), self.empty_text(), context)
         noise = torch.stack(noise).to(self.device)
-        return latent, context, hint, noise, torch.tensor(t, device=self.device)
+        return latent, context, hint, noise, torch.tensor(timesteps, device=self.device)
 
     def loss(self, latent, context, hint, noise, timesteps, net=None) -> torch.Tensor:
         from . import sd15
@@ -222,7 +152,6 @@ class Trainer:
             eps = sd15.predict_noise(self.unet, net or self.net, self.model_sampling, x_t, sigma, context, hint)
         return F.mse_loss(eps.float(), noise.float())
 
-    # one optimiser step ----------------------------------------------------------------
     def step(self, batches: list[dict], lr: float) -> float:
         """Forward/backward over ``batches`` (gradient accumulation), then one AdamW step."""
         for group in self.optimizer.param_groups:
@@ -257,7 +186,32 @@ class Trainer:
         return total / len(EVAL_TIMESTEPS)
 
 
-# --- the command line -------------------------------------------------------------------
+# --- the recipe -----------------------------------------------------------------------------
+@dataclass
+class Recipe:
+    """What defines a run: a resumed run must match every field (files by identity)."""
+
+    base: dict  # name and size of the SD1.5 checkpoint
+    autoencoder: str  # sha256 of its config and weights
+    modules: list[int]
+    resolution: int
+    batch_size: int  # per process and micro-step
+    grad_accum: int
+    world: int  # processes
+    seed: int
+    lr: float
+    warmup: int
+    weight_decay: float
+    max_grad_norm: float
+    precision: str
+    caption_dropout: float
+    data: str  # fingerprint of the image list and captions
+    samples: int
+    precompute: bool
+    init: dict | None  # the ControlNet fine-tuned from (name, size), or None: the UNet's encoder
+
+
+# --- the command line -----------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m train.controlnet", description=__doc__.split("\n\n")[0],
@@ -273,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune: start from this SD1.5 ControlNet (ours, the authors' .ckpt, or any ldm-layout "
                         "ControlNet) instead of the UNet's encoder")
     g.add_argument("--out", required=True, help="output ControlNet .safetensors (e.g. models/controlnet/NAME.safetensors)")
+    g.add_argument("--work-dir", help="checkpoints, metrics.jsonl and sample sheets (default: <out>.train/)")
     g = ap.add_argument_group("recipe (defaults: the authors')")
     g.add_argument("--steps", type=int, help="optimiser steps (default: 5 epochs of the data, as the authors)")
     g.add_argument("--batch-size", type=int, default=4, help="images per process and micro-step")
@@ -280,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=1e-5)
     g.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
     g.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
-    g.add_argument("--max-grad-norm", type=float, default=0.0, help="gradient clipping (0: off)")
+    g.add_argument("--max-grad-norm", "--clip-grad", dest="max_grad_norm", type=float, default=0.0,
+                   help="gradient clipping (0: off)")
     g.add_argument("--resolution", type=int, default=512, help="square training size in pixels")
     g.add_argument("--caption-dropout", type=float, default=0.0, help="probability of training with the empty prompt")
     g.add_argument("--seed", type=int, default=0)
@@ -291,22 +247,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute block activations in the backward pass (less memory, ~25%% more compute)")
     g.add_argument("--precompute", action="store_true",
                    help="encode latents and text embeddings once into a cache on disk, then train from it")
-    g.add_argument("--cache-dir", help="cache folder (default: .scg-cache/ next to --out)")
+    g.add_argument("--cache-dir", help="cache folder (default: .scg-cache/NAME next to --out)")
     g.add_argument("--workers", type=int, help="data-loading processes per GPU (default: min(8, CPUs/GPUs))")
     g.add_argument("--deterministic", action="store_true",
                    help="CUDA: deterministic kernels (slower), so a resumed run repeats bit for bit as on the CPU")
-    g.add_argument("--save-dtype", choices=["fp16", "bf16", "fp32"], default="fp16",
-                   help="dtype of the output ControlNet weights (the resumable state is always fp32)")
+    g.add_argument("--save-dtype", choices=sorted(SAVE_DTYPES), default="fp16",
+                   help="dtype of the output ControlNet weights (checkpoints are always fp32)")
     g = ap.add_argument_group("checkpoints, progress, samples")
-    g.add_argument("--resume", nargs="?", const="", default=None, metavar="STATE",
-                   help="continue from the training state (default: NAME.train-state.pt next to --out)")
-    g.add_argument("--save-every", type=int, default=1000, help="write the ControlNet and the state every N steps")
+    g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|PATH",
+                   help="continue exactly from the newest checkpoint in --work-dir (auto; a fresh start, said so, "
+                        "when there is none) or from this checkpoint file")
+    g.add_argument("--save-every", "--ckpt-every", dest="save_every", type=int, default=1000,
+                   help="write the ControlNet and a checkpoint every N steps")
+    g.add_argument("--keep", type=int, default=1, help="checkpoints kept (each holds the fp32 weights and AdamW state)")
     g.add_argument("--stop-after", type=int, help="stop (saving) after this many steps in this run")
-    g.add_argument("--log-every", type=int, default=10, help="JSON-lines log NAME.log.jsonl every N steps")
+    g.add_argument("--log-every", type=int, default=10, help="a metrics.jsonl line every N steps")
     g.add_argument("--eval-every", type=int, help="fixed-noise loss every N steps (default: --save-every)")
     g.add_argument("--eval-images", type=int, default=8, help="images of the fixed-noise loss")
     g.add_argument("--samples", type=int, default=4, help="held-out images for the sample sheets (0: none)")
-    g.add_argument("--sample-every", type=int, default=1000, help="sample sheet NAME.samples-STEP.png every N steps")
+    g.add_argument("--sample-every", "--sheet-every", dest="sample_every", type=int, default=1000,
+                   help="sample sheet sheets/samples_STEP.png every N steps")
     g.add_argument("--sample-steps", type=int, default=20)
     g.add_argument("--sample-cfg", type=float, default=7.5)
     g.add_argument("--sampler", default="euler", help="a ComfyUI sampler name")
@@ -315,423 +275,354 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH, the ComfyUI holding this folder, "
                                      "~/comfy/ComfyUI)")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if CUDA is available")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="auto, cpu (= --cpu) or cuda")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
 
-def _check_args(a) -> None:
-    for name in ("batch_size", "grad_accum", "resolution", "save_every", "log_every"):
-        if getattr(a, name) < 1:
-            raise SCGError(f"--{name.replace('_', '-')} must be ≥ 1")
-    if a.steps is not None and a.steps < 1:
-        raise SCGError("--steps must be ≥ 1")
-    if not 0 <= a.caption_dropout <= 1:
-        raise SCGError("--caption-dropout must be in [0, 1]")
-    if a.lr <= 0:
-        raise SCGError("--lr must be > 0")
-    if not a.out.endswith(".safetensors"):
-        raise SCGError("--out must end in .safetensors (ComfyUI's ControlNet folder format)")
+def check_args(args) -> None:
+    for name in ("batch_size", "grad_accum", "resolution", "save_every", "log_every", "keep"):
+        if getattr(args, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        raise TrainError("--steps must be >= 1")
+    if not 0 <= args.caption_dropout <= 1:
+        raise TrainError("--caption-dropout must be in [0, 1]")
+    if not 0 < args.lr < math.inf:
+        raise TrainError("--lr must be finite and > 0")
+    if not args.out.endswith(".safetensors"):
+        raise TrainError("--out must end in .safetensors (ComfyUI's ControlNet folder format)")
 
 
-# --- precompute -------------------------------------------------------------------------
-class _Decode(torch.utils.data.Dataset):
-    def __init__(self, index, items, resolution):
-        self.index, self.items, self.resolution = index, items, resolution
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, k):
-        from .cn_data import load_image
-
-        i = self.items[k]
-        try:
-            return i, load_image(self.index.root / self.index.paths[i], self.resolution), ""
-        except Exception as e:
-            return i, None, f"{type(e).__name__}: {e}"
-
-
-def precompute(base, index, resolution: int, folder: str, key: dict, dist: Dist, batch: int, workers: int):
-    """Encode every image's latent and every distinct caption's embedding once (all ranks share
-    the work); reuse the cache when its key matches. Returns (cache, {path: reason} of failures)."""
-    import numpy as np
-
-    from . import sd15
-    from .cn_data import LatentCache
-
-    cache = LatentCache(folder)
-    meta = cache.meta()
-    if meta is not None and meta.get("key") == key:
-        ok = cache.ok()
-        return cache, {index.paths[i]: "could not be decoded (at precompute)" for i in np.flatnonzero(ok == 0)}
-    texts = [""] + sorted(set(index.captions) - {""})
-    row = {c: r for r, c in enumerate(texts)}
-    f = int(base.vae.spacial_compression_encode())  # 8 for SD1.5
-    if dist.main:
-        cache.create(len(index), (4, resolution // f, resolution // f), len(texts), (77, base.context_dim))
-        cache.write("text_row", slice(None), np.array([row[c] for c in index.captions], dtype=np.int32))
-    dist.barrier()
-    mine = list(range(dist.rank, len(texts), dist.world))
-    for s in range(0, len(mine), 64):
-        rows = mine[s:s + 64]
-        cache.write("text", rows, sd15.encode_text(base, [texts[r] for r in rows]).numpy().astype(np.float16))
-    items = list(range(dist.rank, len(index), dist.world))
-    loader = torch.utils.data.DataLoader(_Decode(index, items, resolution), batch_size=batch, num_workers=workers,
-                                         collate_fn=list)
-    failed = {}
-    for chunk in _progress(loader, dist, "precompute", len(loader)):
-        good = [(i, x) for i, x, _ in chunk if x is not None]
-        for i, _, err in chunk:
-            if err:
-                failed[index.paths[i]] = err
-        cache.write("ok", [i for i, _, _ in chunk], np.array([x is not None for _, x, _ in chunk], dtype=np.uint8))
-        if good:
-            lat = sd15.encode_images(base, torch.stack([x for _, x in good]))
-            cache.write("latents", [i for i, _ in good], lat.numpy().astype(np.float16))
-    all_failed = {}
-    for d in dist.gather(failed):
-        all_failed.update(d)
-    dist.barrier()
-    if dist.main:
-        cache.finish({"key": key, "version": 1, "images": len(index), "texts": len(texts)})
-    dist.barrier()
-    return cache, all_failed
-
-
-def _progress(it, dist, desc, total, initial=0, disable=False):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return it
-    return tqdm(it, desc=desc, total=total, initial=initial, disable=disable or not dist.main, dynamic_ncols=True,
-                unit="step" if desc == "train" else "batch", mininterval=1.0)
-
-
-# --- the run ----------------------------------------------------------------------------
-class _Stop:
-    """SIGINT/SIGTERM: finish the current step, save, exit (a second Ctrl-C aborts)."""
-
-    def __init__(self):
-        self.requested, self._old = False, {}
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this step (saving the state); "
-              "Ctrl-C again to abort", file=sys.stderr)
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def _holdout(n: int, k: int) -> list[int]:
+def holdout(n: int, k: int) -> list[int]:
+    """``k`` evenly spread indices of ``n`` images, held out for the sample sheets."""
     if k <= 0:
         return []
     if k >= n:
-        raise SCGError(f"--samples {k}: needs more than {k} images (found {n}); lower --samples or use 0")
+        raise TrainError(f"--samples {k}: needs more than {k} images (found {n}); lower --samples or use 0")
     return sorted({(i * n) // k for i in range(k)})
 
 
-def run(a) -> dict:
-    """Train as the parsed command line ``a`` says. Returns a summary dict (rank 0's view)."""
-    _check_args(a)
-    if a.deterministic:  # before cuBLAS starts
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    dist = Dist(cpu=a.cpu)
-    try:
-        return _run(a, dist)
-    finally:
-        dist.close()
+# --- the run ----------------------------------------------------------------------------------
+class Training:
+    """One run: models, data and (resumed) state built in ``__init__``, trained by :meth:`train`."""
 
+    def __init__(self, args, dist: Dist):
+        from scg_models import formats, load_autoencoder
 
-def _run(a, dist: Dist) -> dict:
-    from . import sd15
-    from .cn_data import StepBatches, StepOrder, TrainSet, collate, scan
+        from . import sd15
+        from .cn_data import TrainSet, collate, precompute, scan, step_batches
 
-    t_start = time.time()
-    sd15.import_comfy(a.comfyui, cpu=not dist.cuda)
-    from scg_models import load_autoencoder
-    from scg_models import formats
+        self.args, self.dist, self.t_start = args, dist, time.time()
+        self.out = args.out
+        self.work_dir = args.work_dir or runtime.default_work_dir(args.out)
+        precision = args.precision
+        if precision == "auto":
+            precision = "bf16" if dist.cuda and torch.cuda.is_bf16_supported() else "fp32"
+        if dist.cuda:  # fixed shapes: cuDNN picks its fastest kernels, unless bitwise repeatability is asked for
+            torch.backends.cudnn.benchmark = not args.deterministic
+            if args.deterministic:
+                torch.backends.cudnn.deterministic = True
+                torch.use_deterministic_algorithms(True, warn_only=True)
 
-    precision = _precision(a.precision, dist)
-    device = dist.device
-    if dist.cuda:  # fixed shapes: let cuDNN pick its fastest kernels, unless bitwise repeatability is asked for
-        torch.backends.cudnn.benchmark = not a.deterministic
-        if a.deterministic:
-            torch.backends.cudnn.deterministic = True
-            torch.use_deterministic_algorithms(True, warn_only=True)
-    if dist.main:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    # the autoencoder and the module selection
-    ae = load_autoencoder(a.autoencoder)
-    modules = ae.resolve_modules(a.modules)
-    hint_hw = ae.output_size(a.resolution, a.resolution)
-    # the base, frozen (refuses anything but SD1.5 before building models)
-    # bf16 training keeps the frozen UNet's weights in bf16 on CUDA (half the memory; CUDA autocast runs
-    # norms in fp32). CPU autocast has no fp32 policy for group_norm, so on the CPU they stay fp32.
-    unet_dtype = torch.bfloat16 if precision == "bf16" and dist.cuda else torch.float32
-    base = sd15.load_base(a.base, unet_dtype=unet_dtype)
-    if a.resolution % base.latent_factor:
-        raise SCGError(f"--resolution {a.resolution}: must be a multiple of {base.latent_factor} for this UNet")
-    controlnet = sd15.build_controlnet(base, seed=a.seed)
-    init_from = None
-    if a.init_controlnet:  # fine-tune: start from an existing ControlNet instead of the UNet's encoder
-        start = formats.load_controlnet_file(a.init_controlnet).state_dict
-        own = controlnet.state_dict()
-        bad = sorted(set(own) ^ set(start)) + [k for k in own if k in start and own[k].shape != start[k].shape]
-        if bad:
-            raise SCGError(f"--init-controlnet: {a.init_controlnet} does not fit this base's ControlNet "
-                           f"(first mismatching key: {bad[0]})")
-        controlnet.load_state_dict({k: v.float() for k, v in start.items()})
-        init_from = _file_identity(a.init_controlnet)
-    latent_hw = a.resolution // 8
-    if sd15.hint_block_size(hint_hw, controlnet) != (latent_hw, latent_hw):
-        raise SCGError(f"the autoencoder's hint at {a.resolution}px is {hint_hw[0]}×{hint_hw[1]}; the ControlNet's "
-                       f"hint block turns that into {sd15.hint_block_size(hint_hw, controlnet)}, not the latent size "
-                       f"{latent_hw}×{latent_hw}; pick another --resolution")
-    # data
-    index = scan(a.data, a.captions, check=True) if dist.main else None
-    index = dist.broadcast(index)  # every rank trains on rank 0's view of the folder
-    workers = a.workers if a.workers is not None else min(8, max(1, (os.cpu_count() or 2) // max(1, dist.world)))
-    skipped = dict(index.skipped)
-    cache = None
-    if a.precompute:
-        folder = a.cache_dir or str(Path(a.out).resolve().parent / ".scg-cache" / Path(a.out).stem)
-        key = {"base": _file_identity(a.base), "data": index.fingerprint(), "resolution": a.resolution,
-               "version": 1}
-        cache, failed = precompute(base, index, a.resolution, folder, key, dist, a.batch_size, workers)
-        skipped.update(failed)
-    readable = [i for i, p in enumerate(index.paths) if p not in skipped]
-    hold = [readable[k] for k in _holdout(len(readable), a.samples)]
-    usable = [i for i in readable if i not in set(hold)]
-    order = StepOrder(len(usable), a.seed)
-    per_step = a.batch_size * a.grad_accum * dist.world
-    steps = a.steps or math.ceil(5 * len(usable) / per_step)
-    # the recipe: what must match to resume exactly
-    ae_sha = autoencoder_sha256(ae)
-    recipe = {"base": _file_identity(a.base), "autoencoder": ae_sha, "modules": modules, "resolution": a.resolution,
-              "batch_size": a.batch_size, "grad_accum": a.grad_accum, "world": dist.world, "seed": a.seed,
-              "lr": a.lr, "warmup": a.warmup, "weight_decay": a.weight_decay, "max_grad_norm": a.max_grad_norm,
-              "precision": precision, "caption_dropout": a.caption_dropout, "data": index.fingerprint(),
-              "samples": a.samples, "precompute": bool(a.precompute), "init": init_from}
-    trainer = Trainer(base, ae, modules, controlnet, device=device, precision=precision,
-                      checkpointing=a.gradient_checkpointing, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed,
-                      caption_dropout=a.caption_dropout, max_grad_norm=a.max_grad_norm, ddp=dist.world > 1)
-    # resume
-    step, spath = 0, state_path(a.out)
-    if a.resume is not None:
-        spath = a.resume or spath
-        if not os.path.isfile(spath):
-            raise SCGError(f"--resume: no training state at {spath}")
-        state = torch.load(spath, map_location="cpu", weights_only=True)
-        if state.get("version") != STATE_VERSION:
-            raise SCGError(f"--resume: {spath} has state version {state.get('version')}, expected {STATE_VERSION}")
-        diff = {k: (state["recipe"].get(k), v) for k, v in recipe.items() if state["recipe"].get(k) != v}
+        # the autoencoder and the module selection
+        self.ae = load_autoencoder(args.autoencoder)
+        self.modules = self.ae.resolve_modules(args.modules)
+        self.hint_hw = self.ae.output_size(args.resolution, args.resolution)
+        # the base, frozen (refuses anything but SD1.5 before building models). bf16 training keeps the
+        # frozen UNet's weights in bf16 on CUDA; CPU autocast has no fp32 policy for group_norm, so fp32 there
+        unet_dtype = torch.bfloat16 if precision == "bf16" and dist.cuda else torch.float32
+        self.base = sd15.load_base(args.base, unet_dtype=unet_dtype)
+        if args.resolution % self.base.latent_factor:
+            raise TrainError(f"--resolution {args.resolution}: must be a multiple of {self.base.latent_factor} "
+                             "for this UNet")
+        # the ControlNet: the UNet's encoder, or a given ControlNet to fine-tune
+        self.controlnet = sd15.build_controlnet(self.base, seed=args.seed)
+        init_from = None
+        if args.init_controlnet:
+            start = formats.load_controlnet_file(args.init_controlnet).state_dict
+            own = self.controlnet.state_dict()
+            bad = sorted(set(own) ^ set(start)) + [k for k in own if k in start and own[k].shape != start[k].shape]
+            if bad:
+                raise TrainError(f"--init-controlnet: {args.init_controlnet} does not fit this base's ControlNet "
+                                 f"(first mismatching key: {bad[0]})")
+            self.controlnet.load_state_dict({k: v.float() for k, v in start.items()})
+            init_from = file_identity(args.init_controlnet)
+        latent_hw = args.resolution // 8
+        block_hw = sd15.hint_block_size(self.hint_hw, self.controlnet)
+        if block_hw != (latent_hw, latent_hw):
+            raise TrainError(f"the autoencoder's hint at {args.resolution}px is {self.hint_hw[0]}x{self.hint_hw[1]}; "
+                             f"the ControlNet's hint block turns that into {block_hw}, not the latent size "
+                             f"{latent_hw}x{latent_hw}; pick another --resolution")
+
+        # data: rank 0 scans, every rank trains on its view of the folder
+        self.index = dist.broadcast(scan(args.data, args.captions, check=True) if dist.is_main else None)
+        self.workers = (args.workers if args.workers is not None
+                        else min(8, max(1, (os.cpu_count() or 2) // dist.world_size)))
+        self.skipped = dict(self.index.skipped)  # relative path -> reason
+        cache = None
+        if args.precompute:
+            folder = args.cache_dir or str(Path(args.out).resolve().parent / ".scg-cache" / Path(args.out).stem)
+            key = {"base": file_identity(args.base), "data": self.index.fingerprint(), "resolution": args.resolution,
+                   "version": 1}
+            cache, failed = precompute(self.base, self.index, args.resolution, folder, key, dist, args.batch_size,
+                                       self.workers)
+            self.skipped.update(failed)
+        readable = [i for i, p in enumerate(self.index.paths) if p not in self.skipped]
+        held = [readable[k] for k in holdout(len(readable), args.samples)]
+        self.usable = [i for i in readable if i not in set(held)]
+        order = runtime.EpochOrder(len(self.usable), args.seed)
+        self.steps = args.steps or math.ceil(5 * len(self.usable) / (args.batch_size * args.grad_accum
+                                                                       * dist.world_size))
+        self.recipe = Recipe(
+            base=file_identity(args.base), autoencoder=autoencoder_sha256(self.ae), modules=self.modules,
+            resolution=args.resolution, batch_size=args.batch_size, grad_accum=args.grad_accum,
+            world=dist.world_size, seed=args.seed, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
+            max_grad_norm=args.max_grad_norm, precision=precision, caption_dropout=args.caption_dropout,
+            data=self.index.fingerprint(), samples=args.samples, precompute=bool(args.precompute), init=init_from)
+        self.trainer = Trainer(self.base, self.ae, self.modules, self.controlnet, device=dist.device,
+                               precision=precision, checkpointing=args.gradient_checkpointing, lr=args.lr,
+                               weight_decay=args.weight_decay, seed=args.seed, caption_dropout=args.caption_dropout,
+                               max_grad_norm=args.max_grad_norm, dist=dist)
+
+        # resume: the newest checkpoint (auto) or the one named; its recipe must be this run's
+        self.step = 0
+        self.final_losses: dict[str, float] = {}
+        path = runtime.find_resume(args.resume, self.work_dir)
+        if path is not None:
+            self.resume_from(path)
+        self.stop_at = self.steps if args.stop_after is None else min(self.steps, self.step + args.stop_after)
+
+        # the batches of the steps still to go, the fixed evaluation batch, the held-out sample batch
+        self.loader = torch.utils.data.DataLoader(
+            TrainSet(self.index, self.usable, args.resolution, cache),
+            batch_sampler=step_batches(order, args.batch_size, dist.world_size, dist.rank,
+                                       self.step * args.grad_accum, self.stop_at * args.grad_accum),
+            num_workers=self.workers, collate_fn=collate, pin_memory=dist.cuda,
+            prefetch_factor=4 if self.workers > 0 else None)
+        train_set = TrainSet(self.index, self.usable, args.resolution, cache)
+        self.eval_batch = (collate([train_set[(0, i)] for i in range(min(args.eval_images, len(self.usable)))])
+                           if args.eval_images > 0 else None)
+        held_set = TrainSet(self.index, held, args.resolution, None)
+        self.sample_batch = collate([held_set[(0, i)] for i in range(len(held))]) if held else None
+
+        # files (rank 0): leftovers of killed writes go, the log continues at this step
+        self.log = runtime.open_work_dir(self.out, self.work_dir, self.step, dist)
+
+    def resume_from(self, path: str) -> None:
+        state = runtime.load_checkpoint(path, TRAINER)
+        saved = state.get("recipe") if isinstance(state.get("recipe"), dict) else {}
+        now = asdict(self.recipe)
+        diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
         if diff:
-            raise SCGError("--resume: the run differs from the saved one, so it cannot continue exactly: "
-                           + "; ".join(f"{k}: saved {o!r}, now {n!r}" for k, (o, n) in diff.items()))
-        controlnet.load_state_dict(state["controlnet"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        rng = state["rng"][dist.rank]
-        torch.set_rng_state(rng["cpu"])
-        if dist.cuda and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"])
-        for p, reason in state.get("skipped", {}).items():
-            skipped.setdefault(p, reason)
-        del state
-        if dist.main:
-            print(f"resumed from {spath} at step {step}", file=sys.stderr)
-    elif dist.main and os.path.isfile(spath):
-        print(f"note: starting over; {spath} exists and will be replaced (--resume continues it)", file=sys.stderr)
-    stop_at = steps if a.stop_after is None else min(steps, step + a.stop_after)
+            raise TrainError("--resume: the run differs from the saved one, so it cannot continue exactly: "
+                             + "; ".join(f"{k}: saved {o!r}, now {n!r}" for k, (o, n) in diff.items()))
+        def restore():
+            self.controlnet.load_state_dict(state["controlnet"])
+            self.trainer.optimizer.load_state_dict(state["optimizer"])
+            runtime.set_rng_state(state["rng"][self.dist.rank], self.dist.device)
+            self.step = int(state["step"])
+            self.final_losses = {str(k): float(v) for k, v in dict(state.get("final_losses", {})).items()}
+            for rel, reason in dict(state.get("skipped", {})).items():
+                self.skipped.setdefault(str(rel), str(reason))
 
-    dataset = TrainSet(index, usable, a.resolution, cache)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=StepBatches(order, a.batch_size, dist.world, dist.rank, step * a.grad_accum,
-                                           stop_at * a.grad_accum),
-        num_workers=workers, collate_fn=collate, pin_memory=dist.cuda, persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None)
-    log_path = str(Path(a.out).with_name(Path(a.out).stem + ".log.jsonl"))
-    if a.resume is None and dist.main and os.path.isfile(log_path):
-        os.unlink(log_path)  # a fresh run gets a fresh log; a resumed one appends
-    eval_every = a.eval_every or a.save_every
-    eval_batch = collate([TrainSet(index, usable, a.resolution, cache)[(0, i)]
-                          for i in range(min(a.eval_images, len(usable)))]) if a.eval_images > 0 else None
-    sample_batch = (collate([TrainSet(index, hold, a.resolution, None)[(0, i)] for i in range(len(hold))])
-                    if hold else None)
+        runtime.load_weights("state", restore, path)
+        if self.dist.is_main:
+            print(f"resumed from {path} at step {self.step}", file=sys.stderr)
 
-    def logj(entry):
-        if dist.main:
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(entry) + "\n")
+    # --- the loop -----------------------------------------------------------------------------
+    def train(self) -> dict:
+        """Train from ``self.step`` to ``stop_at``; returns a summary (rank 0's view)."""
+        args, dist = self.args, self.dist
+        self.announce()
+        first_eval = self.evaluate() if self.step == 0 else None
+        eval_every = args.eval_every or args.save_every
+        losses, t_log, ema = [], time.time(), None
+        batches = iter(self.loader)
+        bar = runtime.progress(range(self.step, self.stop_at), total=self.steps, initial=self.step,
+                               enabled=dist.is_main and not args.no_progress)
+        stopped = False
+        with StopSignal(announce=dist.is_main) as stop:
+            for _ in bar:
+                micro_batches = [next(batches) for _ in range(args.grad_accum)]
+                self.note_skipped(micro_batches)
+                lr = lr_at(self.step, args.lr, args.warmup)
+                loss = self.trainer.step(micro_batches, lr)
+                self.step += 1
+                mean = dist.mean({"loss": loss, "stop": float(stop.requested)})
+                runtime.check_finite({"loss": mean["loss"]}, self.step)
+                stopped = mean["stop"] > 0
+                losses.append(mean["loss"])
+                ema = mean["loss"] if ema is None else 0.98 * ema + 0.02 * mean["loss"]
+                bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}", refresh=False)
+                if self.step % args.log_every == 0 or self.step == self.stop_at or stopped:
+                    t_log = self.log_metrics(losses, lr, t_log)
+                    losses = []
+                if self.step % eval_every == 0 and self.step != self.stop_at:
+                    self.evaluate()
+                if args.sample_every > 0 and self.step % args.sample_every == 0 and self.step != self.stop_at:
+                    self.write_samples()
+                if stopped:
+                    break
+                if self.step % args.save_every == 0 and self.step != self.stop_at:
+                    self.save()
+        bar.close()
+        self.save()
+        last_eval = self.evaluate()
+        sheet = self.write_samples() if args.sample_every > 0 else None
+        done = self.step >= self.steps
+        summary = {"step": self.step, "steps": self.steps, "done": done, "out": self.out, "work_dir": self.work_dir,
+                   "skipped": len(self.skipped) + sum(self.index.scan_skipped.values()),
+                   "skipped_files": sorted(self.skipped), "images": len(self.usable),
+                   "first_eval_loss": first_eval, "last_eval_loss": last_eval, "sheet": sheet,
+                   "final_losses": self.final_losses, "seconds": time.time() - self.t_start}
+        if dist.is_main:
+            self.log.write({"event": "end", **{k: v for k, v in summary.items() if k != "skipped_files"}})
+            counts = runtime.skipped_counts(self.skipped, self.index.scan_skipped)
+            print(f"{'finished' if done else 'stopped'} at step {self.step}/{self.steps}: wrote {self.out} and a "
+                  f"checkpoint in {os.path.join(self.work_dir, 'ckpts')}"
+                  + (f"; skipped {runtime.describe_skipped(counts)} image files" if sum(counts.values()) else ""),
+                  file=sys.stderr)
+        return summary
 
-    def evaluate():
-        if eval_batch is None:
+    def announce(self) -> None:
+        """The recipe and the plan, once at the start (rank 0)."""
+        if not self.dist.is_main:
+            return
+        args, recipe = self.args, self.recipe
+        counts = runtime.skipped_counts(self.skipped, self.index.scan_skipped)
+        print("recipe: " + json.dumps(asdict(recipe)), file=sys.stderr)
+        print(f"SCG ControlNet: {len(self.usable)} training images ({self.index.captioned} captioned from "
+              f"{self.index.caption_source}; {args.samples} held out for samples; {runtime.describe_skipped(counts)} "
+              f"skipped), modules {args.modules} = {self.modules}, hint {self.hint_hw[0]}x{self.hint_hw[1]} at "
+              f"{args.resolution}px, {recipe.precision}, checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+              f"{'cached latents' if args.precompute else 'latents encoded per step'}, {self.dist.world_size} process(es) x "
+              f"batch {args.batch_size} x accum {args.grad_accum}, steps {self.step}->{self.stop_at} of {self.steps}",
+              file=sys.stderr)
+        self.log.write({"step": self.step, "event": "start", "steps": self.steps, "images": len(self.usable),
+                        "skipped": sum(counts.values()), "precision": recipe.precision, "world_size": self.dist.world_size,
+                        "recipe": asdict(recipe)})
+
+    def note_skipped(self, micro_batches: list[dict]) -> None:
+        for batch in micro_batches:
+            for rel, reason in batch["skipped"]:
+                if rel not in self.skipped:
+                    self.skipped[rel] = reason
+                    log.warning("skipped image %s: %s", rel, reason)
+
+    def log_metrics(self, losses: list[float], lr: float, t_log: float) -> float:
+        now = time.time()
+        entry = {"step": self.step, "loss": sum(losses) / len(losses), "lr": lr,
+                 "it_s": len(losses) / max(now - t_log, 1e-9)}
+        if self.dist.cuda:
+            entry["max_mem_gb"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
+        self.log.write(entry)
+        self.final_losses = {"loss": entry["loss"]}
+        return now
+
+    def evaluate(self) -> float | None:
+        """Fixed-noise loss of the evaluation batch (rank 0), logged as an ``eval`` event."""
+        if self.eval_batch is None:
             return None
-        value = trainer.eval_loss(eval_batch) if dist.main else None
-        logj({"step": step, "eval_loss": value})
-        dist.barrier()
+        value = self.trainer.eval_loss(self.eval_batch) if self.dist.is_main else None
+        self.log.write({"step": self.step, "event": "eval", "eval_loss": value})
+        self.dist.barrier()
         return value
 
-    def samples_sheet():
-        if sample_batch is None or not dist.main:
-            dist.barrier()
-            return None
-        path = str(Path(a.out).with_name(f"{Path(a.out).stem}.samples-{step:08d}.png"))
-        write_sheet(trainer, sample_batch, path, a)
-        dist.barrier()
+    def write_samples(self) -> str | None:
+        """Sample sheet of the held-out images (rank 0): ``sheets/samples_STEP.png``."""
+        path = None
+        if self.sample_batch is not None and self.dist.is_main:
+            path = os.path.join(self.work_dir, "sheets", f"samples_{self.step:08d}.png")
+            write_sheet(self.trainer, self.sample_batch, path, self.args)
+        self.dist.barrier()
         return path
 
-    def save():
-        local_skipped = dict(skipped)
-        rngs = dist.gather({"cpu": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state() if dist.cuda else None})
-        all_skipped = {}
-        for d in dist.gather(local_skipped):
-            all_skipped.update(d)
-        skipped.update(all_skipped)
-        if dist.main:
-            info = {"trainer": "scg train.controlnet", "modules": modules, "selection": a.modules,
-                    "autoencoder": {"file": os.path.basename(a.autoencoder), "sha256": ae_sha},
-                    "hint": {"resolution": a.resolution, "size": list(hint_hw),
+    def save(self) -> None:
+        """The output ControlNet (``--save-dtype``) and a checkpoint to continue exactly (rank 0 writes)."""
+        from scg_models import formats
+
+        rngs = self.dist.gather(runtime.rng_state(self.dist.device))
+        self.skipped = self.dist.merge(self.skipped)
+        if self.dist.is_main:
+            args = self.args
+            info = {"trainer": "scg train.controlnet", "modules": self.modules, "selection": args.modules,
+                    "autoencoder": {"file": os.path.basename(args.autoencoder), "sha256": self.recipe.autoencoder},
+                    "hint": {"resolution": args.resolution, "size": list(self.hint_hw),
                              "how": "ae.hint(image centre-cropped and resized to the generation size), raw, "
                                     "fed to the hint block without resizing"},
-                    "base": os.path.basename(a.base), "steps": step, "images": len(usable),
-                    "init": os.path.basename(a.init_controlnet) if a.init_controlnet else "unet-encoder",
-                    "batch_size": a.batch_size, "grad_accum": a.grad_accum, "world_size": dist.world,
-                    "lr": a.lr, "precision": precision, "caption_dropout": a.caption_dropout,
-                    "captions": index.caption_source}
-            cn = formats.ControlNetFile({k: v for k, v in controlnet.state_dict().items()}, ae, {})
-            dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.save_dtype]
-            formats.save_controlnet(cn, a.out, dtype=dtype, info=info)
-            _atomic_torch_save({"version": STATE_VERSION, "step": step, "recipe": recipe,
-                                "controlnet": controlnet.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-                                "rng": rngs, "skipped": dict(skipped)}, spath)
-        dist.barrier()
-
-    if dist.main:
-        n_skip = len(skipped)
-        print(f"SCG ControlNet: {len(usable)} training images ({index.captioned} captioned from "
-              f"{index.caption_source}; {len(hold)} held out for samples; {n_skip} skipped as unreadable), modules "
-              f"{a.modules} = {modules}, hint {hint_hw[0]}×{hint_hw[1]} at {a.resolution}px, {precision}, "
-              f"checkpointing {'on' if a.gradient_checkpointing else 'off'}, "
-              f"{'cached latents' if cache is not None else 'latents encoded per step'}, {dist.world} process(es) × "
-              f"batch {a.batch_size} × accum {a.grad_accum}, steps {step}→{stop_at} of {steps}", file=sys.stderr)
-        logj({"event": "start", "step": step, "steps": steps, "images": len(usable), "skipped": n_skip,
-              "precision": precision, "world": dist.world})
-    first_eval = evaluate() if step == 0 else None
-    losses, t_log, ema = [], time.time(), None
-    it = iter(loader)
-    bar = _progress(range(step, stop_at), dist, "train", steps, initial=step, disable=a.no_progress)
-    with _Stop() as stop:
-        for _ in bar:
-            batches = [next(it) for _ in range(a.grad_accum)]
-            for b in batches:
-                for rel, reason in b["skipped"]:
-                    if rel not in skipped:
-                        skipped[rel] = reason
-                        log.warning("skipped unreadable image %s: %s", rel, reason)
-            loss = trainer.step(batches, lr_at(step, a.lr, a.warmup))
-            step += 1
-            total, stop_votes = dist.sum([loss, float(stop.requested)])
-            loss = total / dist.world
-            ema = loss if ema is None else 0.98 * ema + 0.02 * loss
-            losses.append(loss)
-            if dist.main and hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr_at(step - 1, a.lr, a.warmup):.2e}", refresh=False)
-            if step % a.log_every == 0 or step == stop_at or stop_votes > 0:
-                now = time.time()
-                entry = {"step": step, "loss": sum(losses) / len(losses), "lr": lr_at(step - 1, a.lr, a.warmup),
-                         "it_s": len(losses) / max(now - t_log, 1e-9)}
-                if dist.cuda:
-                    entry["max_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-                logj(entry)
-                losses, t_log = [], now
-            if step % eval_every == 0 and step != stop_at:
-                evaluate()
-            if a.sample_every > 0 and step % a.sample_every == 0 and step != stop_at:
-                samples_sheet()
-            if stop_votes > 0:
-                break
-            if step % a.save_every == 0 and step != stop_at:
-                save()
-    if hasattr(bar, "close"):
-        bar.close()
-    save()
-    last_eval = evaluate()
-    sheet = samples_sheet() if a.sample_every > 0 else None
-    summary = {"step": step, "steps": steps, "done": step >= steps, "out": a.out, "state": spath,
-               "skipped": len(skipped), "skipped_files": sorted(skipped), "images": len(usable),
-               "first_eval_loss": first_eval, "last_eval_loss": last_eval, "sheet": sheet,
-               "seconds": time.time() - t_start}
-    if dist.main:
-        logj({"event": "end", **{k: v for k, v in summary.items() if k != "skipped_files"}})
-        print(f"{'finished' if step >= steps else 'stopped'} at step {step}/{steps}: wrote {a.out} and {spath}"
-              + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""), file=sys.stderr)
-    return summary
+                    "base": os.path.basename(args.base), "steps": self.step, "images": len(self.usable),
+                    "init": os.path.basename(args.init_controlnet) if args.init_controlnet else "unet-encoder",
+                    "batch_size": args.batch_size, "grad_accum": args.grad_accum, "world_size": self.dist.world_size,
+                    "lr": args.lr, "precision": self.recipe.precision, "caption_dropout": args.caption_dropout,
+                    "captions": self.index.caption_source, "final_losses": self.final_losses,
+                    "skipped": runtime.skipped_counts(self.skipped, self.index.scan_skipped)}
+            weights = formats.ControlNetFile(dict(self.controlnet.state_dict()), self.ae, {})
+            formats.save_controlnet(weights, self.out, dtype=SAVE_DTYPES[args.save_dtype], info=info)
+            state = {"recipe": asdict(self.recipe), "controlnet": self.controlnet.state_dict(),
+                     "optimizer": self.trainer.optimizer.state_dict(), "rng": rngs, "skipped": dict(self.skipped),
+                     "final_losses": self.final_losses}
+            runtime.save_checkpoint(state, self.work_dir, self.step, TRAINER, args.keep)
+        self.dist.barrier()
 
 
 @torch.no_grad()
-def write_sheet(trainer: Trainer, batch: dict, path: str, a) -> None:
+def write_sheet(trainer: Trainer, batch: dict, path: str, args) -> None:
     """One PNG: per held-out image a row of [image, hint preview, sample] with ComfyUI's sampler."""
+    import comfy.model_management as mm
     import numpy as np
     from PIL import Image
 
     from scg_models import minmax
 
     from . import sd15
+    from .runtime import atomic_write
 
     base, images = trainer.base, batch["image"]
     context = sd15.encode_text(base, batch["caption"])
     uncond = sd15.encode_text(base, [""] * len(batch["caption"]))
-    import comfy.model_management as mm
-
     patcher = base.patcher.clone()
     patcher.offload_device = trainer.device  # ComfyUI may "unload" it after sampling: keep it where training needs it
-    sampling_base = type(base)(patcher, base.clip, base.vae, base.source, base.spec)
+    sampling_base = dataclasses.replace(base, patcher=patcher)
 
     def hint_fn(x):
         return trainer.ae.hint(x.to(trainer.device), trainer.modules)
 
     with torch.autocast(trainer.device.type, enabled=False):
         out = sd15.sample(sampling_base, trainer.controlnet, images, hint_fn, context, uncond,
-                          steps=a.sample_steps, cfg=a.sample_cfg, sampler=a.sampler, scheduler=a.scheduler,
-                          seed=a.seed, keep_on=trainer.device)
-        prev = minmax(trainer.hint(images)).cpu()
+                          steps=args.sample_steps, cfg=args.sample_cfg, sampler=args.sampler, scheduler=args.scheduler,
+                          seed=args.seed, keep_on=trainer.device)
+        preview = minmax(trainer.hint(images)).cpu()
     mm.soft_empty_cache()
     trainer.controlnet.to(trainer.device).train()
     base.model.to(trainer.device)
     res = images.shape[-1]
-    prev = F.pad(prev, (0, res - prev.shape[-1], 0, res - prev.shape[-2]), value=1.0)
-    rows = [torch.cat([images[i], prev[i], out[i].movedim(-1, 0)], dim=-1) for i in range(len(images))]
+    preview = F.pad(preview, (0, res - preview.shape[-1], 0, res - preview.shape[-2]), value=1.0)
+    rows = [torch.cat([images[i], preview[i], out[i].movedim(-1, 0)], dim=-1) for i in range(len(images))]
     sheet = torch.cat(rows, dim=-2).clamp(0, 1)
-    arr = (sheet.movedim(0, -1).numpy() * 255 + 0.5).astype(np.uint8)
-    tmp = path + ".tmp.png"
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
+    pixels = (sheet.movedim(0, -1).numpy() * 255 + 0.5).astype(np.uint8)
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+
+
+def run(args) -> dict:
+    """Train as the parsed command line ``args`` says. Returns a summary dict (rank 0's view)."""
+    from . import sd15
+
+    check_args(args)
+    if args.deterministic:  # before cuBLAS starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    dist = Dist.start("cpu" if args.cpu or args.device == "cpu" else (args.device or "auto"), timeout_s=2 * 3600)
+    try:
+        sd15.import_comfy(args.comfyui, cpu=not dist.cuda)
+        return Training(args, dist).train()
+    finally:
+        dist.close()
 
 
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if os.environ.get("SCG_VERBOSE") else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(a)
-    except SCGError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """The command: 0 when the run finished, 130 when stopped early (a checkpoint written), 2 on an error."""
+    args = build_parser().parse_args(argv)
+    return runtime.run_cli(lambda: 0 if run(args)["done"] else 130)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,26 @@
-"""Training images: a folder searched recursively (jpg, png, webp) or the photographs that
-scikit-image ships in its package; random crops in an order that is a pure function of
-(seed, step), so a resumed or multi-process run sees exactly the same batches.
+"""Training images of the autoencoder: a folder searched recursively
+(:func:`scg_models.imaging.scan_images`) or the photographs that scikit-image ships in its
+package; random crops in an order that is a pure function of (seed, step), so a resumed or
+multi-process run sees exactly the same batches.
 
-A file that cannot be decoded is skipped (the next image takes its place), reported once
-and counted; it never stops a run.
+A file that cannot be used (a decompression bomb, undecodable, an unsupported pixel format) is
+skipped (the next image takes its place), reported once and counted by reason; it never stops a run.
 """
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+from scg_models.imaging import ImageFileError, load_image, scan_images
+
+from .runtime import EpochOrder, TrainError
+
+log = logging.getLogger("scg.train")
 
 #: The photographs in ``skimage.data`` that live inside the package (no download):
 #: natural and scientific photographs; the synthetic ones (checkerboards, logo, phantom,
@@ -23,17 +28,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock_motion", "coffee", "coins",
                   "grass", "gravel", "hubble_deep_field", "ihc", "moon", "motorcycle_left",
                   "motorcycle_right", "retina", "rocket")
-
-
-class DataError(RuntimeError):
-    """No usable training images."""
-
-
-def _to_rgb_uint8(img) -> np.ndarray:
-    """PIL image → H×W×3 uint8 (grey is repeated, alpha dropped)."""
-    if img.mode not in ("RGB", "L"):
-        img = img.convert("RGBA").convert("RGB") if "A" in img.getbands() or img.mode == "P" else img.convert("RGB")
-    return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
 class ImageSet:
@@ -45,34 +39,33 @@ class ImageSet:
 
     def __init__(self, items: list, description: str, resize: int = 512, cache_mb: float = 1024):
         if not items:
-            raise DataError(f"{description}: no images found")
+            raise TrainError(f"{description}: no images found")
         self.items, self.description, self.resize = list(items), description, int(resize)
+        self.scan_skipped: dict[str, int] = {}  # reason -> count of folder entries that are no image files
         self.cache_bytes = int(cache_mb * 2**20)
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._cached = 0
-        self.bad: dict[int, str] = {}  # index → reason (this process)
+        self.bad: dict[int, str] = {}  # index -> reason (this process)
 
     @classmethod
-    def from_folder(cls, root: str, **kw) -> "ImageSet":
+    def from_folder(cls, root: str, **kw) -> ImageSet:
         root = os.fspath(root)
         if not os.path.isdir(root):
-            raise DataError(f"--data {root}: not a folder")
-        paths = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames.sort()
-            paths += [os.path.join(dirpath, f) for f in sorted(filenames)
-                      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+            raise TrainError(f"--data {root}: not a folder")
+        paths, skipped = scan_images(root)
         if not paths:
-            raise DataError(f"--data {root}: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files in it "
-                            "or its sub-folders")
-        return cls(paths, f"{root} ({len(paths)} files)", **kw)
+            raise TrainError(f"--data {root}: no image files in it or its sub-folders (looked for "
+                             "png/jpg/jpeg/webp/bmp/tif/tiff)")
+        images = cls(paths, f"{root} ({len(paths)} files)", **kw)
+        images.scan_skipped = dict(skipped)
+        return images
 
     @classmethod
-    def from_skimage(cls, **kw) -> "ImageSet":
+    def from_skimage(cls, **kw) -> ImageSet:
         try:
             import skimage.data as skd
         except ImportError:
-            raise DataError("no --data given and scikit-image is not installed; `pip install scikit-image` "
+            raise TrainError("no --data given and scikit-image is not installed; `pip install scikit-image` "
                             "for the embedded default photographs, or pass --data FOLDER") from None
         names = ", ".join(SKIMAGE_PHOTOS)
         return cls([_skimage_path(skd, n) or (n, getattr(skd, n)) for n in SKIMAGE_PHOTOS],
@@ -88,26 +81,19 @@ class ImageSet:
     def _decode(self, i: int) -> torch.Tensor:
         it = self.items[i]
         if isinstance(it, str):
-            from PIL import Image
-
-            with Image.open(it) as img:
-                img.draft("RGB", (self.resize, self.resize)) if self.resize and img.format == "JPEG" else None
-                img.load()
-                a = _to_rgb_uint8(img)
+            a = load_image(it, np.uint8, draft=self.resize or None)
         else:
             a = np.asarray(it[1]())
             if a.ndim == 2:
                 a = np.repeat(a[..., None], 3, -1)
             a = np.array(a[..., :3], dtype=np.uint8)
-        t = torch.from_numpy(a).permute(2, 0, 1).contiguous()
-        if t.shape[0] != 3 or min(t.shape[1:]) < 1:
-            raise ValueError(f"unexpected image shape {tuple(a.shape)}")
+        t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).contiguous()
         if self.resize and min(t.shape[1:]) > self.resize:
             t = _resize(t, self.resize / min(t.shape[1:]))
         return t
 
     def load(self, i: int) -> torch.Tensor:
-        """Image i as 3×H×W uint8; raises on a corrupt file (the caller decides)."""
+        """Image i as 3xHxW uint8; raises :class:`ImageFileError` on a file that cannot be used."""
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
@@ -128,10 +114,10 @@ class ImageSet:
                 continue
             try:
                 return j, self.load(j)
-            except Exception as e:  # noqa: BLE001  (any decoder error: skip the file, never the run)
-                self.bad[j] = f"{type(e).__name__}: {e}"
-                warnings.warn(f"skipping unreadable image {self.name(j)} ({self.bad[j]})", stacklevel=2)
-        raise DataError(f"{self.description}: none of the {n} images could be read")
+            except ImageFileError as e:  # skip the file, never the run
+                self.bad[j] = e.reason
+                log.warning("skipping image: %s", e)
+        raise TrainError(f"{self.description}: none of the {n} images could be read")
 
 
 def _skimage_path(skd, name: str) -> str | None:
@@ -176,18 +162,10 @@ class Plan:
     def __init__(self, n_images: int, batch_size: int, seed: int, max_translate: float, max_rotate: float):
         self.n, self.batch, self.seed = n_images, batch_size, int(seed)
         self.max_translate, self.max_rotate = float(max_translate), float(max_rotate)
-        self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms[epoch] = np.random.default_rng([self.seed, 1, epoch]).permutation(self.n)
-            while len(self._perms) > 4:
-                self._perms.popitem(last=False)
-        return self._perms[epoch]
+        self.order = EpochOrder(n_images, seed)
 
     def step(self, s: int) -> StepPlan:
-        t = s * self.batch + np.arange(self.batch)
-        images = np.array([self._perm(int(e))[int(r)] for e, r in zip(t // self.n, t % self.n)])
+        images = np.array([self.order.item(s * self.batch + j) for j in range(self.batch)])
         rng = np.random.default_rng([self.seed, 2, s])
         crop_u = rng.random((self.batch, 2))
         angle, shift = {}, {}
@@ -243,16 +221,3 @@ class CropBatches(torch.utils.data.Dataset):
             A = affine_matrices(ang, sh, self.crop)
             out[name] = (A.to(device), torch.deg2rad(ang).to(device))
         return out
-
-
-class StepSampler(torch.utils.data.Sampler):
-    """Steps ``start … stop-1`` in order."""
-
-    def __init__(self, start: int, stop: int):
-        self.start, self.stop = int(start), int(stop)
-
-    def __iter__(self):
-        return iter(range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)

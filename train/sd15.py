@@ -4,21 +4,12 @@ Everything that touches ComfyUI lives here: finding and importing the checkout, 
 base checkpoint with ComfyUI's loaders (and refusing anything that is not SD1.5), building the
 trainable ControlNet with ComfyUI's ``comfy.cldm.cldm.ControlNet`` class, encoding images and
 captions with the base's VAE and CLIP, the training forward pass, and sampling with ComfyUI's
-own sampler for the progress sheets.
-
-Testing hook. ComfyUI's checkpoint detection only accepts the real SD1.5 widths (320 UNet
-channels, 768 context), so tiny CPU-test models cannot go through ``load_checkpoint``. A
-``.safetensors`` whose metadata holds :data:`SPEC_KEY` (a JSON *spec*: UNet config, CLIP text
-config, VAE kind) is built from that spec with the same ComfyUI classes (``SD15`` model config,
-``BaseModel``, ``SD1ClipModel``, ``VAE``) and loaded from the file's tensors, which use the
-usual checkpoint prefixes. :func:`save_spec_checkpoint` writes such a file. Real checkpoints
-never carry that key, so they always take ComfyUI's own loader.
+own sampler for the progress sheets. Tests build tiny SD1.5-architecture bases elsewhere
+(``tests/lib/scg_testing/tiny_sd15.py``); nothing here is test-only.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import logging
 import os
 import sys
@@ -29,37 +20,6 @@ import torch
 from scg_models.errors import SCGError
 
 log = logging.getLogger("scg.train")
-
-SPEC_KEY = "scg_sd15_spec"
-
-#: SD1.5's UNet as ComfyUI detects it from v1-5-pruned-emaonly (``model_detection``).
-SD15_UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
-    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4],
-    "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 768,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_resblock": False,
-    "use_temporal_attention": False,
-}
-#: SD1.5's VAE (AutoencoderKL, 8× down, 4 latent channels).
-SD15_VAE = {"kind": "kl", "embed_dim": 4, "ddconfig": {
-    "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-    "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}}
-#: The full SD1.5 architecture as a spec (random weights: the benchmark).
-SD15_SPEC = {"arch": "sd15", "unet": SD15_UNET, "clip": None, "vae": SD15_VAE}
-#: A tiny SD1.5-architecture base for CPU tests and the CPU benchmark: 64 UNet channels (the
-#: smallest width ComfyUI's generic ControlNet loader accepts), two levels, a 2-layer 32-wide
-#: CLIP text model with SD1.5's tokenizer, and TAESD as the VAE (8× down, 4 latent channels).
-TINY_SPEC = {
-    "arch": "sd15",
-    "unet": {**SD15_UNET, "model_channels": 64, "num_res_blocks": [1, 1], "channel_mult": [1, 2],
-             "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "context_dim": 32},
-    "clip": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
-             "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
-             "projection_dim": 32, "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1},
-    "vae": {"kind": "taesd"},
-}
-
 
 class NotSD15Error(SCGError):
     """The base model is not Stable Diffusion 1.5."""
@@ -106,11 +66,11 @@ def import_comfy(explicit=None, cpu: bool = False) -> Path:
     if not os.environ.get("SCG_VERBOSE"):
         root.setLevel(logging.ERROR)  # ComfyUI's import-time notes (optional packages it lacks)
     try:
-        import comfy.model_management  # noqa: F401  (reads args.cpu at import)
+        import comfy.cldm.cldm
+        import comfy.controlnet
+        import comfy.model_management
+        import comfy.sample
         import comfy.sd  # noqa: F401
-        import comfy.cldm.cldm  # noqa: F401
-        import comfy.controlnet  # noqa: F401
-        import comfy.sample  # noqa: F401
     finally:
         root.setLevel(level)
     return host
@@ -166,7 +126,7 @@ def check_sd15_model(model, source: str) -> None:
         raise NotSD15Error(f"--base: {source} is not a Stable Diffusion 1.5 model: it " + "; it ".join(problems))
 
 
-# --- building SD1.5-architecture models (tests, benchmark, spec checkpoints) ---------------
+# --- initialisation ------------------------------------------------------------------------
 def init_weights(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """PyTorch's default initialisation for every layer (ComfyUI's layers skip it), seeded."""
     with torch.random.fork_rng(devices=[]):
@@ -179,29 +139,6 @@ def init_weights(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module
 
 
-def _tiny_clip_target(text_config: dict):
-    import comfy.sd1_clip
-    import comfy.supported_models_base
-
-    model = functools.partial(comfy.sd1_clip.SDClipModel, textmodel_json_config=dict(text_config),
-                              return_projected_pooled=False)
-    return comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer,
-                                                  functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=model))
-
-
-def _spec_model_config(spec: dict, source: str):
-    import comfy.supported_models
-
-    if spec.get("arch") != "sd15":
-        raise NotSD15Error(f"--base: {source} declares architecture {spec.get('arch')!r}, not 'sd15'; SCG "
-                           "ControlNets are trained on Stable Diffusion 1.5 only")
-    unet = dict(spec["unet"])
-    for k, v in comfy.supported_models.SD15.unet_config.items():
-        if k not in ("model_channels", "context_dim") and unet.get(k) != v:
-            raise NotSD15Error(f"--base: {source}: UNet setting {k}={unet.get(k)!r} is not SD1.5's ({v!r})")
-    return comfy.supported_models.SD15(unet)
-
-
 @dataclasses.dataclass
 class Base:
     """The frozen SD1.5 base: ComfyUI's objects, as its loaders return them."""
@@ -210,7 +147,6 @@ class Base:
     clip: object  # comfy.sd.CLIP
     vae: object  # comfy.sd.VAE
     source: str
-    spec: dict | None = None  # set for spec checkpoints (tests, benchmark)
 
     @property
     def model(self):
@@ -235,90 +171,6 @@ class Base:
         return 8 * 2 ** (len(self.unet_config["channel_mult"]) - 1)
 
 
-def _finish(model_config, sd: dict, prefix: str, unet_dtype, clip_target, vae_sd: dict, vae_config, source, spec):
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.sd
-
-    model_config.set_inference_dtype(unet_dtype, None)
-    model = model_config.get_model(sd, prefix, device=mm.unet_offload_device())
-    model.load_model_weights(sd, prefix)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                               offload_device=mm.unet_offload_device())
-    clip_sd = model_config.process_clip_state_dict(sd)
-    clip = comfy.sd.CLIP(clip_target, state_dict=clip_sd, parameters=sum(v.numel() for v in clip_sd.values()))
-    vae = comfy.sd.VAE(sd=vae_sd, config=vae_config)
-    return Base(patcher, clip, vae, source, spec)
-
-
-def build_from_spec(spec: dict, state_dict: dict | None = None, seed: int = 0, unet_dtype=torch.float32,
-                    source: str = "spec") -> Base:
-    """SD1.5-architecture UNet, CLIP and VAE from a spec, with ComfyUI's classes.
-
-    ``state_dict`` uses checkpoint prefixes (``model.diffusion_model.``, ``cond_stage_model.``,
-    ``first_stage_model.``); without it every weight is randomly initialised from ``seed``.
-    """
-    import comfy.ldm.models.autoencoder
-    import comfy.taesd.taesd
-
-    model_config = _spec_model_config(spec, source)
-    clip_target = (_tiny_clip_target(spec["clip"]) if spec.get("clip") else model_config.clip_target())
-    vae_spec = spec.get("vae") or {"kind": "taesd"}
-    vae_config = None
-    if vae_spec["kind"] == "kl":
-        vae_config = {"params": {"embed_dim": vae_spec["embed_dim"], "ddconfig": vae_spec["ddconfig"]}}
-    elif vae_spec["kind"] != "taesd":
-        raise SCGError(f"--base: {source}: unknown VAE kind {vae_spec['kind']!r} (taesd or kl)")
-    if state_dict is None:  # random weights (benchmark, tests): build once, initialise in place
-        import comfy.model_management as mm
-        import comfy.model_patcher
-        import comfy.sd
-
-        model_config.set_inference_dtype(unet_dtype, None)
-        model = model_config.get_model({}, "", device=mm.unet_offload_device())
-        init_weights(model.diffusion_model, seed)
-        model.diffusion_model.to(unet_dtype)
-        patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                                   offload_device=mm.unet_offload_device())
-        if vae_spec["kind"] == "kl":
-            vae_module = comfy.ldm.models.autoencoder.AutoencoderKL(**vae_config["params"])
-        else:
-            vae_module = comfy.taesd.taesd.TAESD(latent_channels=4)
-        init_weights(vae_module, seed + 1)
-        vae = comfy.sd.VAE(sd=vae_module.state_dict(), config=vae_config)
-        clip = comfy.sd.CLIP(clip_target, parameters=1)
-        init_weights(clip.cond_stage_model, seed + 2)
-        return Base(patcher, clip, vae, source, spec)
-    sd = dict(state_dict)
-    vae_sd = {k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")}
-    return _finish(model_config, sd, "model.diffusion_model.", unet_dtype, clip_target, vae_sd, vae_config,
-                   source, spec)
-
-
-def save_spec_checkpoint(base: Base, path) -> None:
-    """Write a spec-built base as one ``.safetensors`` checkpoint (:data:`SPEC_KEY` in metadata)."""
-    from safetensors.torch import save_file
-
-    if base.spec is None:
-        raise SCGError("save_spec_checkpoint: this base was not built from a spec")
-    sd = {"model.diffusion_model." + k: v for k, v in base.unet.state_dict().items()}
-    sd.update({"first_stage_model." + k: v for k, v in base.vae.first_stage_model.state_dict().items()})
-    for k, v in base.clip.cond_stage_model.state_dict().items():
-        sd["cond_stage_model." + k.split(".", 1)[1]] = v
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in sd.items()}, os.fspath(path),
-              metadata={SPEC_KEY: json.dumps(base.spec), "note": "SCG trainer test/benchmark base (not a real model)"})
-
-
-def _metadata(path: str) -> dict:
-    try:
-        from safetensors import safe_open
-
-        with safe_open(path, "pt") as fh:
-            return dict(fh.metadata() or {})
-    except Exception:  # not a safetensors file: ComfyUI's loader decides
-        return {}
-
-
 def load_base(path, unet_dtype=torch.float32) -> Base:
     """The SD1.5 base (UNet, CLIP, VAE) from one checkpoint file, through ComfyUI's loaders.
 
@@ -331,12 +183,6 @@ def load_base(path, unet_dtype=torch.float32) -> Base:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise SCGError(f"--base: {path} not found (an SD1.5 checkpoint such as v1-5-pruned-emaonly.safetensors)")
-    meta = _metadata(path) if path.endswith((".safetensors", ".sft")) else {}
-    if SPEC_KEY in meta:
-        spec = json.loads(meta[SPEC_KEY])
-        _spec_model_config(spec, path)  # refuse a non-SD1.5 spec before reading tensors
-        sd = comfy.utils.load_torch_file(path, safe_load=True)
-        return build_from_spec(spec, sd, unet_dtype=unet_dtype, source=path)
     sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
     check_sd15_state_dict(sd, path)
     out = comfy.sd.load_state_dict_guess_config(sd, output_vae=True, output_clip=True, embedding_directory=None,
@@ -525,7 +371,6 @@ def sample(base: Base, controlnet: torch.nn.Module, images: torch.Tensor, hint_f
     return images
 
 
-__all__ = ["Base", "NotSD15Error", "SD15_SPEC", "SD15_UNET", "SPEC_KEY", "TINY_SPEC", "build_controlnet", "build_from_spec",
-           "check_sd15_state_dict", "disable_checkpointing", "encode_images", "encode_text", "enable_checkpointing", "find_comfyui",
-           "hint_block_size", "import_comfy", "init_weights", "load_base", "predict_noise", "sample",
-           "save_spec_checkpoint"]
+__all__ = ["Base", "NotSD15Error", "build_controlnet", "check_sd15_state_dict", "disable_checkpointing",
+           "enable_checkpointing", "encode_images", "encode_text", "find_comfyui", "hint_block_size", "import_comfy",
+           "init_weights", "load_base", "predict_noise", "sample"]

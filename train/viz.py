@@ -3,8 +3,6 @@ module's reconstruction of a sample image — the paper's figure of modules — 
 line plots for the tuning curves of ``train.analyze``."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -70,9 +68,9 @@ def module_sheet(ae: ModularAutoencoder, sample: torch.Tensor, scale: int = 4) -
 
 def save_png(img: Image.Image, path: str) -> None:
     """Atomic PNG write."""
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    img.save(tmp)
-    os.replace(tmp, path)
+    from .runtime import atomic_write
+
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def line_plot(curves: list[tuple[str, np.ndarray, np.ndarray, tuple]], title: str, xlabel: str,
@@ -88,7 +86,7 @@ def line_plot(curves: list[tuple[str, np.ndarray, np.ndarray, tuple]], title: st
     x0, x1 = float(xs.min()), float(xs.max()) or 1.0
     ymax = max(float(np.max(c[2])) for c in curves) or 1.0
     d.rectangle([L, T, W - R, H - B], outline=(0, 0, 0))
-    for label, x, y, col in curves:
+    for _label, x, y, col in curves:
         xx = np.log(x) if log_x else x
         px = L + (xx - x0) / max(x1 - x0, 1e-9) * (W - L - R)
         py = H - B - np.asarray(y) / ymax * (H - T - B)

@@ -1,28 +1,20 @@
-"""Fixtures of the ControlNet-trainer tier (``tests/train_controlnet``).
+"""Fixtures of the ControlNet-trainer tier (``tests/trainer_controlnet``).
 
-Every test here needs a ComfyUI checkout (``@pytest.mark.host``; found as ``tests/find_host.py``
+Every test here needs a ComfyUI checkout (``@pytest.mark.host``; found as ``scg_testing.hosts``
 says) and is SKIPPED loudly without one. The base model is a tiny SD1.5-architecture UNet
 (64 channels: the smallest width ComfyUI's generic ControlNet loader accepts), a tiny CLIP
-text model and a TAESD VAE, built with ComfyUI's classes and saved as a spec checkpoint
-(``train.sd15.save_spec_checkpoint``) that ``--base`` takes. No downloads.
+text model and a TAESD VAE, built with ComfyUI's classes (``scg_testing.tiny_sd15``) and saved
+as a checkpoint file that ``--base`` takes. No downloads.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-from cnhelp import ROOT, TINY_SPEC, make_images  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "tests"))
-from find_host import find_host  # noqa: E402
-
-sys.path.remove(str(ROOT / "tests"))
+from scg_testing.hosts import find_host
+from scg_testing.trainers import make_images
 
 HOST = find_host()
 SKIP_REASON = ("CONTROLNET TRAINER TESTS SKIPPED: no ComfyUI checkout ($COMFYUI_PATH, the ComfyUI holding this "
@@ -33,8 +25,9 @@ _skipped: list[str] = []
 def pytest_collection_modifyitems(config, items):
     if HOST is not None:
         return
+    here = Path(__file__).parent
     for item in items:
-        if item.get_closest_marker("host") is not None and "train_controlnet" in str(item.fspath):
+        if item.get_closest_marker("host") is not None and Path(str(item.fspath)).parent == here:
             item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
             if not _skipped:
                 _skipped.append(SKIP_REASON)
@@ -48,12 +41,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 @pytest.fixture(scope="session")
 def comfy():
-    """ComfyUI imported on the CPU; torch on one thread (the test machines are shared and small)."""
+    """ComfyUI imported on the CPU, the tiny-base hook installed; torch on one thread."""
+    from scg_testing import tiny_sd15
     from train import sd15
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     sd15.import_comfy(HOST, cpu=True)
+    tiny_sd15.install()
     yield HOST
     torch.set_num_threads(threads)
 
@@ -62,11 +57,10 @@ def comfy():
 def files(comfy, tmp_path_factory):
     """Paths of the tiny base checkpoint, an autoencoder file and a 5-image data folder."""
     from scg_models import ModularAutoencoder, save_autoencoder
-    from train import sd15
+    from scg_testing import tiny_sd15
 
     root = tmp_path_factory.mktemp("cn")
-    base = sd15.build_from_spec(TINY_SPEC, seed=0)
-    sd15.save_spec_checkpoint(base, root / "tiny_sd15.safetensors")
+    tiny_sd15.save_checkpoint(tiny_sd15.build_base(seed=0), root / "tiny_sd15.safetensors")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         ae = ModularAutoencoder()

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from scg_models import AutoencoderConfig, ModularAutoencoder
-from train.losses import (EquivarianceCodebook, LossWeights, Trainee, affine_matrices, symmetry_loss, warp)
+from train.losses import EquivarianceCodebook, LossWeights, Trainee, affine_matrices, symmetry_loss, warp
 
 
 def _trainee(ae, n_t=3, n_r=4, **kw):

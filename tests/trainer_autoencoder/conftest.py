@@ -1,12 +1,4 @@
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-for p in (str(ROOT), str(Path(__file__).parent)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
 
 
 @pytest.fixture(autouse=True)

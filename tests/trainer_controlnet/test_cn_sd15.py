@@ -1,13 +1,13 @@
 """SD1.5 or nothing; the ControlNet's layout and hint sizes at full size (meta tensors: no memory)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from cnhelp import TINY_SPEC, train_args
+from scg_testing import tiny_sd15
+from scg_testing.tiny_sd15 import SD15_UNET, TINY_SPEC
+from scg_testing.trainers import controlnet_args
 
 pytestmark = pytest.mark.host
 
@@ -35,10 +35,10 @@ SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_
 def test_sd15_detection_accepts_sd15_and_names_what_else_it_is(comfy):
     from train import sd15
 
-    mc = sd15.check_sd15_state_dict(_meta_unet_sd({**sd15.SD15_UNET, "num_heads": 8, "num_head_channels": -1}),
+    mc = sd15.check_sd15_state_dict(_meta_unet_sd({**SD15_UNET, "num_heads": 8, "num_head_channels": -1}),
                                     "v1-5.safetensors")
     assert type(mc).__name__ == "SD15"
-    assert {k: v for k, v in mc.unet_config.items() if k in sd15.SD15_UNET} == sd15.SD15_UNET
+    assert {k: v for k, v in mc.unet_config.items() if k in SD15_UNET} == SD15_UNET
     with pytest.raises(sd15.NotSD15Error, match=r"not a Stable Diffusion 1\.5 checkpoint: ComfyUI detects SDXL "
                                                  r"\(model_channels 320, context_dim 2048"):
         sd15.check_sd15_state_dict(_meta_unet_sd(SDXL_UNET), "sdxl.safetensors")
@@ -50,15 +50,14 @@ def test_cli_refuses_a_base_that_is_not_sd15(files, tmp_path, capsys):
 
     # a spec that declares another architecture
     base = sd15.load_base(files["base"])
-    base.spec = {**TINY_SPEC, "arch": "sdxl"}
-    sd15.save_spec_checkpoint(base, tmp_path / "sdxl_spec.safetensors")
-    argv = train_args(files, tmp_path / "x.safetensors", "--steps", "1")
+    tiny_sd15.save_checkpoint(base, tmp_path / "sdxl_spec.safetensors", spec={**TINY_SPEC, "arch": "sdxl"})
+    argv = controlnet_args(files, tmp_path / "x.safetensors", "--steps", "1")
     argv[argv.index("--base") + 1] = str(tmp_path / "sdxl_spec.safetensors")
     assert main(argv) == 2
     assert "declares architecture 'sdxl', not 'sd15'" in capsys.readouterr().err
     # an SD1.5-shaped spec with SDXL's linear transformer projections
-    base.spec = {**TINY_SPEC, "unet": {**TINY_SPEC["unet"], "use_linear_in_transformer": True}}
-    sd15.save_spec_checkpoint(base, tmp_path / "linear.safetensors")
+    linear = {**TINY_SPEC, "unet": {**TINY_SPEC["unet"], "use_linear_in_transformer": True}}
+    tiny_sd15.save_checkpoint(base, tmp_path / "linear.safetensors", spec=linear)
     with pytest.raises(sd15.NotSD15Error, match="use_linear_in_transformer=True is not SD1.5's"):
         sd15.load_base(tmp_path / "linear.safetensors")
     # a real-looking checkpoint (no spec): ComfyUI's own detection decides, before anything is built
@@ -79,7 +78,7 @@ def test_full_size_controlnet_layout_is_what_core_loads_as_sd15(comfy):
     from scg_models import ModularAutoencoder
     from train import sd15
 
-    cfg = {**sd15.SD15_UNET, "num_heads": 8, "num_head_channels": -1}
+    cfg = {**SD15_UNET, "num_heads": 8, "num_head_channels": -1}
     cm = sd15.build_controlnet(cfg, device="meta")
     sd = cm.state_dict()
     assert "input_hint_block.14.weight" in sd and "zero_convs.11.0.weight" in sd and "middle_block_out.0.bias" in sd
@@ -111,7 +110,6 @@ def test_controlnet_starts_as_the_unet_encoder_with_zero_outputs(files):
     x = torch.randn(1, 4, 4, 4)
     out = cm(x=x, hint=torch.rand(1, 3, 29, 29), timesteps=torch.tensor([10.0]), context=torch.randn(1, 77, 32))
     assert all(o.abs().sum() == 0 for o in out["output"] + out["middle"])
-    assert json.loads(json.dumps(base.spec)) == TINY_SPEC
 
 
 def test_gradient_checkpointing_toggles_and_keeps_gradients(files):

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 import scg_models
+from scg_testing.trainers import TINY_AE
 from train import autoencoder as trainer
 from train.data import CropBatches, ImageSet, Plan
-
-from trainhelp import TINY
+from train.runtime import TrainError
 
 
 def _folder(root):
@@ -42,10 +42,10 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
     _folder(data)
     out = tmp_path / "m.safetensors"
     # 6 files, 5 steps × 4 crops: every file is drawn at least once
-    assert trainer.main(TINY + ["--steps", "5", "--crop", "32", "--data", str(data), "--out", str(out),
+    assert trainer.main(TINY_AE + ["--steps", "5", "--crop", "32", "--data", str(data), "--out", str(out),
                                 "--workers", "0"]) == 0
     with open(tmp_path / "m.train" / "metrics.jsonl") as fh:
-        rows = [json.loads(line) for line in fh]
+        rows = [r for r in map(json.loads, fh) if "loss" in r]
     assert rows[-1]["skipped_files"] == 2
     info = scg_models.load_autoencoder(out).config.info
     assert info["skipped_files"] == 2 and str(data) in info["data"]
@@ -56,7 +56,7 @@ def test_corrupt_images_are_counted_with_loader_workers(tmp_path):
     data.mkdir()
     _folder(data)
     out = tmp_path / "m.safetensors"
-    assert trainer.main(TINY + ["--steps", "5", "--crop", "32", "--data", str(data), "--out", str(out),
+    assert trainer.main(TINY_AE + ["--steps", "5", "--crop", "32", "--data", str(data), "--out", str(out),
                                 "--workers", "1"]) == 0
     assert scg_models.load_autoencoder(out).config.info["skipped_files"] == 2
 
@@ -64,8 +64,8 @@ def test_corrupt_images_are_counted_with_loader_workers(tmp_path):
 def test_an_empty_folder_is_a_clear_error(tmp_path):
     import pytest
 
-    with pytest.raises(SystemExit, match="no jpg/jpeg/png/webp files"):
-        trainer.main(TINY + ["--steps", "1", "--data", str(tmp_path), "--out", str(tmp_path / "m.safetensors")])
+    with pytest.raises(TrainError, match="no image files in it"):
+        trainer.train(TINY_AE + ["--steps", "1", "--data", str(tmp_path), "--out", str(tmp_path / "m.safetensors")])
 
 
 def test_the_plan_is_a_function_of_seed_and_step_and_splits_over_ranks(tmp_path):

@@ -8,7 +8,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from cnhelp import RES, run_train, train_args
+from scg_testing.trainers import RES, controlnet_args, run_controlnet
+from train import runtime
 
 pytestmark = pytest.mark.host
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.host
 def trained(files):
     """30 steps on 4 images (a 5th held out for the sample sheets) at a learning rate that shows."""
     out = files["root"] / "trained" / "scg_tiny.safetensors"
-    summary = run_train(train_args(files, out, "--steps", "30", "--lr", "1e-3", "--samples", "1",
+    summary = run_controlnet(controlnet_args(files, out, "--steps", "30", "--lr", "1e-3", "--samples", "1",
                                    "--sample-every", "15", "--sample-steps", "2", "--eval-images", "4",
                                    "--log-every", "5"))
     return out, summary
@@ -27,14 +28,16 @@ def test_thirty_steps_lower_the_loss(trained):
     out, s = trained
     assert s["done"] and s["step"] == 30 and s["images"] == 4
     assert s["last_eval_loss"] < 0.9 * s["first_eval_loss"], s
-    log = [json.loads(line) for line in out.with_name("scg_tiny.log.jsonl").read_text().splitlines()]
+    work = out.with_name("scg_tiny.train")
+    log = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "loss" in e] == [5, 10, 15, 20, 25, 30]
     assert all(e["it_s"] > 0 for e in log if "loss" in e)
-    sheets = sorted(p.name for p in out.parent.glob("scg_tiny.samples-*.png"))
-    assert sheets == ["scg_tiny.samples-00000015.png", "scg_tiny.samples-00000030.png"]
+    assert s["final_losses"]["loss"] == [e for e in log if "loss" in e][-1]["loss"]
+    sheets = sorted(p.name for p in (work / "sheets").glob("samples_*.png"))
+    assert sheets == ["samples_00000015.png", "samples_00000030.png"]
     from PIL import Image
 
-    assert Image.open(out.parent / sheets[-1]).size == (3 * RES, RES)  # image | hint preview | sample
+    assert Image.open(work / "sheets" / sheets[-1]).size == (3 * RES, RES)  # image | hint preview | sample
 
 
 def test_output_loads_with_core_loader_and_controls(trained, files):
@@ -57,7 +60,7 @@ def test_output_loads_with_core_loader_and_controls(trained, files):
     assert autoencoder_sha256(cnf.autoencoder) == autoencoder_sha256(load_autoencoder(files["ae"]))
     assert info["autoencoder"]["sha256"] == autoencoder_sha256(cnf.autoencoder)
     # the file holds the trained weights (fp16 of the fp32 state)
-    state = torch.load(str(out).replace(".safetensors", ".train-state.pt"), weights_only=True)
+    state = torch.load(runtime.checkpoints(out.with_name("scg_tiny.train"))[-1], weights_only=True)
     weights = load_file(str(out))
     for k, v in state["controlnet"].items():
         assert torch.equal(weights[k], v.half()), k
@@ -90,13 +93,13 @@ def test_output_loads_with_core_loader_and_controls(trained, files):
 def test_stop_and_resume_is_bit_identical(files):
     root = files["root"] / "resume"
     common = ("--steps", "6", "--lr", "1e-3", "--seed", "3", "--caption-dropout", "0.5", "--no-gradient-checkpointing")
-    straight = run_train(train_args(files, root / "a.safetensors", *common))
-    first = run_train(train_args(files, root / "b.safetensors", *common, "--stop-after", "2"))
+    straight = run_controlnet(controlnet_args(files, root / "a.safetensors", *common))
+    first = run_controlnet(controlnet_args(files, root / "b.safetensors", *common, "--stop-after", "2"))
     assert first["step"] == 2 and not first["done"]
-    second = run_train(train_args(files, root / "b.safetensors", *common, "--resume"))
+    second = run_controlnet(controlnet_args(files, root / "b.safetensors", *common, "--resume"))
     assert straight["step"] == second["step"] == 6 and second["done"]
-    a = torch.load(root / "a.train-state.pt", weights_only=True)
-    b = torch.load(root / "b.train-state.pt", weights_only=True)
+    a = torch.load(runtime.checkpoints(root / "a.train")[-1], weights_only=True)
+    b = torch.load(runtime.checkpoints(root / "b.train")[-1], weights_only=True)
     for k in a["controlnet"]:
         assert torch.equal(a["controlnet"][k], b["controlnet"][k]), k
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
@@ -113,17 +116,17 @@ def test_resume_refuses_a_different_run(files):
     from scg_models import SCGError
 
     root = files["root"] / "refuse"
-    run_train(train_args(files, root / "c.safetensors", "--steps", "2", "--stop-after", "1",
+    run_controlnet(controlnet_args(files, root / "c.safetensors", "--steps", "2", "--stop-after", "1",
                          "--no-gradient-checkpointing"))
     with pytest.raises(SCGError, match=r"cannot continue exactly: lr: saved 1e-05, now 0\.001"):
-        run_train(train_args(files, root / "c.safetensors", "--steps", "2", "--lr", "1e-3", "--resume",
+        run_controlnet(controlnet_args(files, root / "c.safetensors", "--steps", "2", "--lr", "1e-3", "--resume",
                              "--no-gradient-checkpointing"))
 
 
 def test_bf16_autocast_path_runs(files):
     """The CUDA recipe's precision path (bf16 UNet weights, autocast), exercised on the CPU."""
     out = files["root"] / "bf16" / "d.safetensors"
-    s = run_train(train_args(files, out, "--steps", "2", "--precision", "bf16", "--lr", "1e-3"))
+    s = run_controlnet(controlnet_args(files, out, "--steps", "2", "--precision", "bf16", "--lr", "1e-3"))
     assert s["done"]
     w = load_file(str(out))
     assert all(v.dtype == torch.float16 for k, v in w.items() if not k.startswith("scg_autoencoder."))
@@ -138,9 +141,9 @@ def test_fine_tune_starts_from_a_given_controlnet(trained, files, tmp_path):
 
     src, _ = trained
     out = tmp_path / "ft.safetensors"
-    s = run_train(train_args(files, out, "--steps", "5", "--stop-after", "0", "--init-controlnet", str(src)))
+    s = run_controlnet(controlnet_args(files, out, "--steps", "5", "--stop-after", "0", "--init-controlnet", str(src)))
     assert s["step"] == 0
-    start = torch.load(tmp_path / "ft.train-state.pt", weights_only=True)["controlnet"]
+    start = torch.load(runtime.checkpoints(tmp_path / "ft.train")[-1], weights_only=True)["controlnet"]
     given = load_file(str(src))
     assert all(torch.equal(v, given[k].float()) for k, v in start.items())
     with safe_open(str(out), "pt") as fh:
@@ -148,5 +151,5 @@ def test_fine_tune_starts_from_a_given_controlnet(trained, files, tmp_path):
     broken = {k: v for k, v in given.items() if k != "zero_convs.1.0.bias"}
     save_file(broken, str(tmp_path / "broken.safetensors"))
     with pytest.raises(SCGError, match="does not fit this base's ControlNet .*zero_convs.1.0.bias"):
-        run_train(train_args(files, tmp_path / "x.safetensors", "--steps", "1", "--init-controlnet",
+        run_controlnet(controlnet_args(files, tmp_path / "x.safetensors", "--steps", "1", "--init-controlnet",
                              str(tmp_path / "broken.safetensors")))

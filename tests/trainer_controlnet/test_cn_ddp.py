@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from cnhelp import ROOT, child_env, run_train, train_args
+from scg_testing.trainers import CONTROLNET_SCRIPT, ROOT, child_env, controlnet_args, run_controlnet
+from train import runtime
 
 pytestmark = pytest.mark.host
 
@@ -16,24 +17,25 @@ pytestmark = pytest.mark.host
 def test_two_process_gloo_run_matches_one_process(files):
     root = files["root"] / "ddp"
     common = ("--steps", "3", "--lr", "1e-4", "--seed", "1", "--no-gradient-checkpointing", "--log-every", "1")
-    argv = train_args(files, root / "two.safetensors", *common)
+    argv = controlnet_args(files, root / "two.safetensors", *common)
     argv[argv.index("--batch-size") + 1] = "1"
     env = child_env()
     env["COMFYUI_PATH"] = str(files["comfyui"])
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "train.controlnet", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                           CONTROLNET_SCRIPT, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stderr.count("finished at step 3/3") == 1  # only rank 0 reports and writes
-    log = [json.loads(x) for x in (root / "two.log.jsonl").read_text().splitlines()]
-    assert [e.get("event") for e in log].count("start") == 1 and log[0]["world"] == 2
-    assert sorted(p.name for p in root.iterdir()) == ["two.log.jsonl", "two.safetensors", "two.train-state.pt"]
-    state = torch.load(root / "two.train-state.pt", weights_only=True)
+    log = [json.loads(x) for x in (root / "two.train" / "metrics.jsonl").read_text().splitlines()]
+    assert [e.get("event") for e in log].count("start") == 1 and log[0]["world_size"] == 2
+    assert sorted(p.name for p in root.iterdir()) == ["two.safetensors", "two.train"]
+    assert [p.name for p in (root / "two.train" / "ckpts").iterdir()] == ["step_00000003.pt"]
+    state = torch.load(root / "two.train" / "ckpts" / "step_00000003.pt", weights_only=True)
     assert len(state["rng"]) == 2 and state["recipe"]["world"] == 2
 
-    one = run_train(train_args(files, root / "one" / "one.safetensors", *common))  # 1 process × batch 2
+    one = run_controlnet(controlnet_args(files, root / "one" / "one.safetensors", *common))  # 1 process × batch 2
     assert one["done"]
-    ref = torch.load(root / "one" / "one.train-state.pt", weights_only=True)["controlnet"]
+    ref = torch.load(root / "one" / "one.train" / "ckpts" / "step_00000003.pt", weights_only=True)["controlnet"]
     # equal up to the order of the all-reduce sums (Adam turns that into ≲1e-6 on near-zero gradients);
     # three steps at lr 1e-4 move a weight by up to 3e-4, so 1e-5 still tells the runs apart
     worst = max(float((state["controlnet"][k] - v).abs().max()) for k, v in ref.items())
@@ -48,13 +50,13 @@ def test_sigterm_stops_after_the_step_and_saves(files):
     import time
 
     root = files["root"] / "sigterm"
-    argv = train_args(files, root / "s.safetensors", "--steps", "100000", "--log-every", "1",
+    argv = controlnet_args(files, root / "s.safetensors", "--steps", "100000", "--log-every", "1",
                       "--no-gradient-checkpointing")
     env = child_env()
     env["COMFYUI_PATH"] = str(files["comfyui"])
-    proc = subprocess.Popen([sys.executable, "-m", "train.controlnet", *argv], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, CONTROLNET_SCRIPT, *argv], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = root / "s.log.jsonl"
+    log = root / "s.train" / "metrics.jsonl"
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -66,8 +68,8 @@ def test_sigterm_stops_after_the_step_and_saves(files):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 130, err[-3000:]  # stopped early, checkpoint written
     assert "SIGTERM: stopping after this step" in err and "stopped at step" in err
-    state = torch.load(root / "s.train-state.pt", weights_only=True)
+    state = torch.load(runtime.checkpoints(root / "s.train")[-1], weights_only=True)
     steps = [json.loads(x)["step"] for x in log.read_text().splitlines() if '"loss"' in x]
     assert state["step"] == steps[-1] >= 2

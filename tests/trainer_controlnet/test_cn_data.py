@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnhelp import make_images, run_train, train_args
+from scg_testing.trainers import controlnet_args, make_images, run_controlnet
 
 
 def test_captions_from_same_named_txt(tmp_path):
@@ -46,7 +46,8 @@ def test_captions_from_coco_json(tmp_path):
 
 
 def test_unreadable_images_are_skipped_and_counted(tmp_path):
-    from train.cn_data import StepOrder, TrainSet, collate, scan
+    from train.cn_data import TrainSet, collate, scan
+    from train.runtime import EpochOrder
 
     make_images(tmp_path, 4)
     (tmp_path / "garbage.png").write_bytes(b"this is not an image")
@@ -54,40 +55,41 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     good = (tmp_path / "img1.png").read_bytes()
     (tmp_path / "truncated.png").write_bytes(good[: len(good) // 3])  # header fine, pixels cut off
     idx = scan(tmp_path)
-    assert sorted(idx.skipped) == ["empty.jpg", "garbage.png"]  # caught by the header scan
+    assert idx.skipped == {"empty.jpg": "undecodable", "garbage.png": "undecodable"}  # caught by the header scan
     assert "truncated.png" in idx.paths
     usable = list(range(len(idx)))
     ds = TrainSet(idx, usable, 32)
     t = idx.paths.index("truncated.png")
     batch = collate([ds[(0, t)], ds[(1, 0)]])
-    assert [rel for rel, _ in batch["skipped"]] == ["truncated.png"]  # caught when decoding ...
+    assert batch["skipped"] == [("truncated.png", "undecodable")]  # caught when decoding ...
     assert idx.paths[int(batch["item"][0])] != "truncated.png"  # ... and replaced by the next image
     assert batch["image"].shape == (2, 3, 32, 32)
-    assert StepOrder(len(usable), 0).n == 5
+    assert EpochOrder(len(usable), 0).n == 5
 
 
 def test_image_preparation_matches_inference(tmp_path):
     """LoadImage's conversion, then the nodes' fit (centre crop + antialiased resize)."""
     from scg_models.imaging import fit
-    from train.cn_data import load_image
+    from train.cn_data import prepare_image
 
     rgba = np.random.default_rng(0).integers(0, 255, (50, 80, 4), dtype=np.uint8)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-    x = load_image(tmp_path / "a.png", 32)
+    x = prepare_image(tmp_path / "a.png", 32)
     ref = torch.from_numpy(rgba[..., :3].astype(np.float32) / 255.0).permute(2, 0, 1)[None]
     assert torch.equal(x, fit(ref, 32, 32)[0])
     assert x.shape == (3, 32, 32) and 0 <= x.min() and x.max() <= 1
 
 
 def test_sample_order_is_the_same_for_any_process_count():
-    from train.cn_data import StepBatches, StepOrder
+    from train.cn_data import step_batches
+    from train.runtime import EpochOrder
 
-    order = StepOrder(7, seed=5)
-    one = list(StepBatches(order, batch=4, world=1, rank=0, start=0, stop=6))
-    two = [list(StepBatches(order, batch=2, world=2, rank=r, start=0, stop=6)) for r in (0, 1)]
+    order = EpochOrder(7, seed=5)
+    one = list(step_batches(order, batch=4, world=1, rank=0, start=0, stop=6))
+    two = [list(step_batches(order, batch=2, world=2, rank=r, start=0, stop=6)) for r in (0, 1)]
     for k in range(6):
         assert one[k] == two[0][k] + two[1][k]
-    resumed = list(StepBatches(order, batch=4, world=1, rank=0, start=3, stop=6))
+    resumed = list(step_batches(order, batch=4, world=1, rank=0, start=3, stop=6))
     assert resumed == one[3:]
     for e in range(3):  # every epoch is a permutation
         assert sorted(order.item(e * 7 + i) for i in range(7)) == list(range(7))
@@ -96,24 +98,24 @@ def test_sample_order_is_the_same_for_any_process_count():
 @pytest.mark.host
 def test_precompute_cache_is_built_once_and_used(files):
     from train import sd15
-    from train.cn_data import LatentCache, load_image, scan
+    from train.cn_data import LatentCache, prepare_image, scan
 
     out = files["root"] / "pre" / "p.safetensors"
     cache_dir = files["root"] / "pre" / "cache"
-    argv = train_args(files, out, "--steps", "2", "--precompute", "--cache-dir", str(cache_dir), "--workers", "1",
+    argv = controlnet_args(files, out, "--steps", "2", "--precompute", "--cache-dir", str(cache_dir), "--workers", "1",
                       "--no-gradient-checkpointing")
-    s = run_train(argv)
+    s = run_controlnet(argv)
     assert s["done"]
     cache = LatentCache(cache_dir)
     meta = cache.meta()
     assert meta["images"] == 5 and meta["texts"] == 4  # "" + three distinct captions
     idx = scan(files["data"])
     base = sd15.load_base(files["base"])
-    lat = sd15.encode_images(base, load_image(idx.root / idx.paths[2], 32)[None])[0]
+    lat = sd15.encode_images(base, prepare_image(idx.root / idx.paths[2], 32)[None])[0]
     assert torch.allclose(cache.latent(2), lat, atol=1e-3, rtol=1e-2)
     txt = sd15.encode_text(base, [idx.captions[2]])[0]
     assert torch.allclose(cache.text(cache.text_row(2)), txt, atol=2e-3, rtol=1e-2)
     assert torch.equal(cache.text(0), cache.text(cache.text_row(1)))  # uncaptioned → the empty prompt row
     mtime = (cache_dir / "latents.npy").stat().st_mtime_ns
-    run_train(argv + ["--steps", "3"])  # same data and base: the cache is reused, not rebuilt
+    run_controlnet(argv + ["--steps", "3"])  # same data and base: the cache is reused, not rebuilt
     assert (cache_dir / "latents.npy").stat().st_mtime_ns == mtime
