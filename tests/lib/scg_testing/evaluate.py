@@ -1,0 +1,59 @@
+"""Tiny files for the evaluation tool's tests: an SD1.5-architecture checkpoint, an SCG ControlNet
+in our converted format, and a folder of captioned images. Numbers from these models mean nothing.
+
+The tiny base comes from the trainer's builder (``train.sd15``); this is the one place that
+imports it, so moving the builder only changes the import below.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RES = 32  # generation size of the tests: latent 4 x 4, hint 29 x 29
+
+
+def tiny_base(path: Path):
+    """Write the tiny SD1.5-architecture checkpoint (64-channel UNet, 2-layer CLIP, TAESD) to ``path``."""
+    from train.sd15 import TINY_SPEC, build_from_spec, save_spec_checkpoint
+
+    base = build_from_spec(TINY_SPEC, seed=0)
+    save_spec_checkpoint(base, path)
+    return base
+
+
+def tiny_controlnet(base, path: Path, seed: int = 1, ae_seed: int = 0) -> None:
+    """An SCG ControlNet for ``base`` with random weights everywhere (so the control changes the
+    output) and a random 16-module autoencoder embedded, in our converted .safetensors format."""
+    from scg_models import ModularAutoencoder
+    from scg_models.formats import ControlNetFile, save_controlnet
+    from train.sd15 import build_controlnet, init_weights
+
+    cm = build_controlnet(base, seed=seed)
+    init_weights(cm, seed)  # the zero convolutions too: an untrained ControlNet would change nothing
+    with torch.random.fork_rng(devices=[]):  # a hint block that passes the hint on at full strength
+        torch.manual_seed(seed)
+        for m in cm.input_hint_block:
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ae_seed)
+        ae = ModularAutoencoder()
+    save_controlnet(ControlNetFile(dict(cm.state_dict()), ae, {}), path, info={"selection": "HC0"})
+
+
+def make_images(folder: Path, names: list[str], size=(40, 48), seed: int = 0, captions: bool = True) -> None:
+    """Patterned RGB images (PNG) with a ``.txt`` caption each, written in the order given."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for i, name in enumerate(names):
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([(np.sin(xx / (2 + i)) + 1) * 127, (np.cos(yy / (3 + i)) + 1) * 127,
+                        rng.uniform(0, 255, (h, w))], -1).astype(np.uint8)
+        Image.fromarray(img).save(folder / name)
+        if captions:
+            (folder / name).with_suffix(".txt").write_text(f"a pattern (number {i})\n")
