@@ -270,13 +270,13 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 
 
 def read_png(path: Path) -> torch.Tensor:
-    """An image file -> 3 x H x W float32 in [0, 1]."""
+    """An image file -> 3 x H x W float64 in [0, 1] (exact for 8-bit files)."""
     import numpy as np
     from PIL import Image
 
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).double() / 255
 
 
 # --- generation ----------------------------------------------------------------------------------
