@@ -524,6 +524,10 @@ def run(a) -> dict:
                     control.ae.resolve_modules(selection)
                 except SCGError as e:
                     raise SCGError(f"--groups: {selection!r}: {e}") from None
+                trained = control.info.get("selection")
+                if control.kind == "per_group" and trained and trained != selection:
+                    log.warning("%s was trained on %s but is evaluated with %s", os.path.basename(path), trained,
+                                selection)
             folder = out / "samples" / folder_label(selection)
             for it in todo:
                 image = generate(base, control, selection, original(it), context[it.caption], uncond, it.seed, a)
