@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scg_testing.evaluate import RES, make_images, tiny_base, tiny_controlnet
+from scg_testing.evaluate import RES, as_authors_ckpt, make_images, tiny_base, tiny_controlnet
 from scg_testing.hosts import find_host
 
 HOST = find_host()
@@ -177,3 +177,37 @@ def test_command_line_errors_name_the_option(files, tmp_path, capsys):
     argv[argv.index("--images") + 1] = str(tmp_path / "bare")
     assert main(argv) == 2
     assert "no caption (first: x.png)" in capsys.readouterr().err
+
+
+def test_the_authors_ckpt_gives_the_same_images_as_the_converted_file(files, report, tmp_path):
+    """Per-group ControlNets load as Load SCG ControlNet loads them: the authors' .ckpt layout of the
+    same weights (autoencoder embedded) generates bit-identical images; GROUP=PATH picks the file."""
+    from train.evaluate import main
+
+    ckpt = tmp_path / "authors_hc1.ckpt"
+    as_authors_ckpt(files["cn"], ckpt)
+    argv = _argv(files, tmp_path / "o", "--groups", "HC1", "--limit", "1")
+    argv[argv.index("--controlnet") + 1] = f"HC1={ckpt}"
+    assert main(argv) == 0
+    data = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert data["rows"][0]["controlnet"] == "authors_hc1.ckpt" and data["rows"][0]["n"] == 1
+    out, _ = report
+    got = np.asarray(Image.open(tmp_path / "o" / "samples" / "HC1" / "0000-a.png"))
+    assert np.array_equal(got, np.asarray(Image.open(out / "samples" / "HC1" / "0000-a.png")))
+
+
+def test_autoencoder_option_replaces_the_embedded_one(files, tmp_path):
+    from scg_models import ModularAutoencoder, save_autoencoder
+    from train import evaluate, sd15
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        other = ModularAutoencoder()
+    save_autoencoder(other, tmp_path / "other.safetensors")
+    base = sd15.load_base(files["base"])
+    embedded = evaluate.load_control(files["cn"], base, None, torch.device("cpu"), torch.float32)
+    replaced = evaluate.load_control(files["cn"], base, str(tmp_path / "other.safetensors"), torch.device("cpu"),
+                                     torch.float32)
+    image = torch.rand(1, 3, RES, RES)
+    assert torch.equal(evaluate.hint_input(replaced, "HC0", image), other.hint(image, "HC0"))
+    assert not torch.allclose(evaluate.hint_input(embedded, "HC0", image), other.hint(image, "HC0"))

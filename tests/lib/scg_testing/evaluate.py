@@ -57,3 +57,21 @@ def make_images(folder: Path, names: list[str], size=(40, 48), seed: int = 0, ca
         Image.fromarray(img).save(folder / name)
         if captions:
             (folder / name).with_suffix(".txt").write_text(f"a pattern (number {i})\n")
+
+
+def as_authors_ckpt(converted: Path, path: Path) -> None:
+    """Rewrite a converted ControlNet file in the authors' Lightning ``.ckpt`` layout (same weights):
+    ``control_model.*`` keys, the hint block as ``input_hint_block_new.{k+1}`` with the autoencoder's
+    factors at ``input_hint_block_new.0.lgn_ende.conv.*``."""
+    from scg_models.formats import load_controlnet_file
+
+    cn = load_controlnet_file(converted)
+    sd = {}
+    for key, v in cn.state_dict.items():
+        if key.startswith("input_hint_block."):
+            k, rest = key[len("input_hint_block."):].split(".", 1)
+            key = f"input_hint_block_new.{int(k) + 1}.{rest}"
+        sd["control_model." + key] = v.clone()
+    for key, v in cn.autoencoder.state_dict().items():
+        sd["control_model.input_hint_block_new.0.lgn_ende.conv." + key[len("gonlin."):]] = v.clone()
+    torch.save({"state_dict": sd, "global_step": 0}, path)
