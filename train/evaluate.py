@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UNet/ControlNet weights (auto: fp16 on CUDA, fp32 on the CPU)")
     p.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH, the ComfyUI holding this "
                    "extension, ~/comfy/ComfyUI)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same settings): "
+                   "images already written are kept")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -266,7 +268,9 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 
     arr = (image.clamp(0, 1).movedim(0, -1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, path)  # an interrupted run never leaves a half-written image for --resume
 
 
 def read_png(path: Path) -> torch.Tensor:
@@ -484,6 +488,43 @@ def write_charts(report: dict, out: Path) -> list[str]:
 
 
 # --- the run -------------------------------------------------------------------------------------
+RUN_FILE = "run.json"
+
+
+def run_key(a, p: Plan) -> dict:
+    """What the images in --out depend on; --resume requires it unchanged."""
+    def ident(path):
+        return {"file": os.path.abspath(path), "bytes": os.path.getsize(path)} if path else None
+
+    return {"checkpoint": ident(a.checkpoint), "controlnets": {g: ident(f) for g, f in sorted(p.controlnets.items())},
+            "autoencoder": ident(a.autoencoder), "images": os.path.abspath(a.images), "captions": ident(a.captions),
+            "prompt": a.prompt, "negative": a.negative, "resolution": a.resolution, "steps": a.steps, "cfg": a.cfg,
+            "sampler": a.sampler, "scheduler": a.scheduler, "seed": a.seed, "limit": a.limit,
+            "dtype": str(p.dtype), "device_type": p.device.type}
+
+
+def start_run(a, p: Plan, out: Path) -> None:
+    """Refuse to mix runs in one --out; with --resume, the settings must be those of the run there."""
+    key = run_key(a, p)
+    path = out / RUN_FILE
+    if path.is_file():
+        if not a.resume:
+            raise SCGError(f"--out: {out} already holds an evaluation ({RUN_FILE}); pass --resume to continue it "
+                           "or choose another folder")
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise SCGError(f"--resume: {path} is not readable JSON") from None
+        changed = sorted(k for k in set(key) | set(old) if key.get(k) != old.get(k))
+        if changed:
+            raise SCGError(f"--resume: the run in {out} used other settings ({', '.join(changed)} changed); "
+                           "use the same options or another --out")
+    elif out.is_dir() and (out / "samples").exists():
+        raise SCGError(f"--out: {out} holds samples/ but no {RUN_FILE}; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(key, indent=2) + "\n", encoding="utf-8")
+
+
 def run(a) -> dict:
     """Evaluate as the parsed command line ``a`` says; returns the report (also written to --out)."""
     p = plan(a)
@@ -495,9 +536,10 @@ def run(a) -> dict:
     sd15.import_comfy(a.comfyui, cpu=p.device.type == "cpu")
     import comfy.model_management as mm
 
+    out = Path(a.out)
+    start_run(a, p, out)
     t0 = time.time()
     base = sd15.load_base(a.checkpoint, unet_dtype=p.dtype)
-    out = Path(a.out)
     ref_dir = out / "reference"
     from .cn_data import load_image
 
@@ -505,10 +547,10 @@ def run(a) -> dict:
         return load_image(Path(a.images) / it.source, a.resolution)[None]
 
     for it in todo:
-        save_png(reconstruct(base, original(it))[0], ref_dir / it.name)
-    captions = sorted({it.caption for it in todo})
-    context = dict(zip(captions, sd15.encode_text(base, captions).split(1))) if captions else {}
+        if not (ref_dir / it.name).is_file():
+            save_png(reconstruct(base, original(it))[0], ref_dir / it.name)
     uncond = sd15.encode_text(base, [a.negative])
+    generated = 0
     bar = _progress(len(p.groups) * len(todo), a.no_progress)
     rows, loaded = [], {}
     try:
@@ -530,8 +572,11 @@ def run(a) -> dict:
                                 selection)
             folder = out / "samples" / folder_label(selection)
             for it in todo:
-                image = generate(base, control, selection, original(it), context[it.caption], uncond, it.seed, a)
-                save_png(image, folder / it.name)
+                if not (folder / it.name).is_file():  # present only with --resume (start_run)
+                    context = sd15.encode_text(base, [it.caption])
+                    save_png(generate(base, control, selection, original(it), context, uncond, it.seed, a),
+                             folder / it.name)
+                    generated += 1
                 if bar is not None:
                     bar.update(1)
             mm.unload_all_models()
@@ -550,7 +595,8 @@ def run(a) -> dict:
                      "images": os.path.abspath(a.images), "resolution": a.resolution, "steps": a.steps,
                      "cfg": a.cfg, "sampler": a.sampler, "scheduler": a.scheduler, "seed": a.seed,
                      "negative": a.negative, "prompt": a.prompt, "device": str(p.device),
-                     "dtype": str(p.dtype).replace("torch.", ""), "generation_seconds": round(gen_seconds, 1),
+                     "dtype": str(p.dtype).replace("torch.", ""), "generated": generated,
+                     "generation_seconds": round(gen_seconds, 1),
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "reference": "SD VAE encode-decode of each original (centre crop, resized)",
                      "pairing": "generated and reference files by sorted name"},

@@ -211,3 +211,25 @@ def test_autoencoder_option_replaces_the_embedded_one(files, tmp_path):
     image = torch.rand(1, 3, RES, RES)
     assert torch.equal(evaluate.hint_input(replaced, "HC0", image), other.hint(image, "HC0"))
     assert not torch.allclose(evaluate.hint_input(embedded, "HC0", image), other.hint(image, "HC0"))
+
+
+def test_resume_keeps_written_images_and_refuses_other_settings(files, tmp_path, capsys):
+    from train.evaluate import main
+
+    out = tmp_path / "o"
+    argv = _argv(files, out, "--groups", "none", "--limit", "2", "--steps", "1")
+    assert main(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert first["settings"]["generated"] == 2
+    assert main(argv) == 2  # the same folder again, without --resume
+    assert "already holds an evaluation (run.json); pass --resume" in capsys.readouterr().err
+    kept = out / "samples" / "none" / "0000-a.png"
+    stamp = kept.stat().st_mtime_ns
+    (out / "samples" / "none" / "0001-b.png").unlink()  # as if interrupted
+    assert main([*argv, "--resume"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["settings"]["generated"] == 1 and kept.stat().st_mtime_ns == stamp
+    assert again["rows"][0]["metrics"] == first["rows"][0]["metrics"]  # same seeds: the same image again
+    assert main([*argv[:-2], "--steps", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume: the run in" in err and "(steps changed)" in err
