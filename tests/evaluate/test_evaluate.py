@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from scg_testing.evaluate import RES, as_authors_ckpt, make_images, tiny_base, tiny_controlnet
+from scg_testing.evaluate import RES, as_authors_ckpt, ensure_torchaudio, make_images, tiny_base, tiny_controlnet
 from scg_testing.hosts import find_host
 
 HOST = find_host()
@@ -29,6 +30,8 @@ def files(tmp_path_factory):
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    if "comfy.model_management" not in sys.modules:
+        ensure_torchaudio()
     sd15.import_comfy(HOST, cpu=True)
     root = tmp_path_factory.mktemp("eval")
     base = tiny_base(root / "tiny_sd15.safetensors")
