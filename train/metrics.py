@@ -163,6 +163,28 @@ def find_fid_weights(explicit: str | os.PathLike | None = None) -> Path | None:
     return Path(found[0]) if found else None
 
 
+def check_weights_file(path: str | os.PathLike, option: str) -> None:
+    """Refuse a weights file unless it is a plain state dict of finite tensors: unpickled with
+    ``weights_only=True`` (nothing in it can run), bounded to what torch's safe unpickler allows."""
+    try:
+        with open(path, "rb") as fh:
+            state = torch.load(fh, map_location="cpu", weights_only=True)
+    except Exception as e:  # the safe unpickler's refusals and corrupt files alike
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SCGError(f"{option}: {path} is not a plain PyTorch weights file ({first})") from None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SCGError(f"{option}: {path} is not a state dict of tensors")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise SCGError(f"{option}: {path}: weight {bad[0]!r} holds NaN or infinite values")
+
+
+def _has_torch_fidelity() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch_fidelity") is not None
+
+
 class InceptionFeatures:
     """Inception-v3 pool features (N x 2048) of images in [0, 1], from a weights file on disk."""
 
@@ -173,18 +195,15 @@ class InceptionFeatures:
                 f"FID skipped: no Inception weights on disk (pass --fid-weights PATH to torch-fidelity's "
                 f"pt_inception-2015-12-05-6726825d.pth, or put it in {torch.hub.get_dir()}/checkpoints/); "
                 "nothing is downloaded")
-        try:
-            from torchmetrics.image.fid import NoTrainInceptionV3
-        except ImportError as e:  # torchmetrics raises this when torch-fidelity is missing
-            raise MetricUnavailable(f"FID skipped: torchmetrics' Inception needs the torch-fidelity package ({e})") \
-                from None
-        try:
-            self.model = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                            feature_extractor_weights_path=str(path))
-        except (ImportError, ModuleNotFoundError) as e:
-            raise MetricUnavailable(f"FID skipped: torchmetrics' Inception needs the torch-fidelity package ({e})") \
-                from None
-        self.model = self.model.eval().requires_grad_(False).to(device)
+        if not _has_torch_fidelity():
+            raise MetricUnavailable("FID skipped: torchmetrics' Inception needs the torch-fidelity package "
+                                    "(pip install torch-fidelity)")
+        check_weights_file(path, "--fid-weights")  # torch-fidelity unpickles it with weights_only=False
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        model = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                   feature_extractor_weights_path=str(path))
+        self.model = model.eval().requires_grad_(False).to(device)
         self.device, self.path = torch.device(device), path
 
     @torch.no_grad()
@@ -247,6 +266,7 @@ def clip_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (F.cosine_similarity(a.double(), b.double(), dim=-1) + 1) / 2
 
 
-__all__ = ["BT601", "ClipImages", "InceptionFeatures", "MetricUnavailable", "clip_similarity", "feature_stats",
+__all__ = ["BT601", "ClipImages", "InceptionFeatures", "MetricUnavailable", "check_weights_file", "clip_similarity",
+           "feature_stats",
            "fid_from_features", "find_fid_weights", "frechet_distance", "gaussian_window", "psnr", "similarity",
            "ssim", "to_grey"]

@@ -62,17 +62,74 @@ def test_skipped_metrics_say_why(folders):
     assert result["metrics"]["fid"] is None and result["metrics"]["clip"] is None
 
 
-def test_fid_weights_without_torch_fidelity_are_skipped_with_a_message(folders):
-    pytest.importorskip("scipy")
-    try:
-        import torch_fidelity  # noqa: F401
-        pytest.skip("torch-fidelity is installed here: the missing-package message cannot be shown")
-    except ImportError:
-        pass
+def test_fid_without_torch_fidelity_is_skipped_with_a_message(folders, monkeypatch):
     root, _ = folders
+    monkeypatch.setattr(metrics, "_has_torch_fidelity", lambda: False)
     (root / "weights.pth").write_bytes(b"x")
     scorer = evaluate.Scorer(root / "reference", fid_weights=root / "weights.pth")
     assert scorer.skipped["fid"].startswith("FID skipped: torchmetrics' Inception needs the torch-fidelity package")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this pickle ran code",))
+
+
+def test_fid_weights_must_be_plain_finite_tensors(tmp_path):
+    torch.save({"w": _RunsCode()}, tmp_path / "code.pth")
+    with pytest.raises(metrics.SCGError, match="--fid-weights: .*code.pth is not a plain PyTorch weights file"):
+        metrics.check_weights_file(tmp_path / "code.pth", "--fid-weights")
+    torch.save({"w": torch.tensor([1.0, float("nan")])}, tmp_path / "nan.pth")
+    with pytest.raises(metrics.SCGError, match="weight 'w' holds NaN or infinite values"):
+        metrics.check_weights_file(tmp_path / "nan.pth", "--fid-weights")
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(metrics.SCGError, match="is not a state dict of tensors"):
+        metrics.check_weights_file(tmp_path / "list.pth", "--fid-weights")
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """torch-fidelity's Inception with random weights (He-initialised convolutions), saved as the
+    weights file --fid-weights takes. Its features mean nothing; the FID arithmetic is what is tested."""
+    fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3",
+                             reason="FID PATH NOT TESTED: torch-fidelity is not installed")
+    cls = fe.FeatureExtractorInceptionV3
+    mp = pytest.MonkeyPatch()
+    mp.setattr(torch, "load", lambda *args, **kwargs: {})  # no weights to read: the random init stays
+    mp.setattr(cls, "load_state_dict", lambda self, *args, **kwargs: None)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = cls("inception-v3-compat", ["2048"], feature_extractor_weights_path="none")
+            for m in model.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    finally:
+        mp.undo()
+    path = tmp_path_factory.mktemp("fid") / "pt_inception-random.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_fid_matches_torchmetrics_with_the_same_weights(folders, inception_weights):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    root, _ = folders
+    scorer = evaluate.Scorer(root / "reference", fid_weights=inception_weights)
+    assert "fid" not in scorer.skipped
+    ours = scorer.score(root / "generated")["metrics"]["fid"]
+
+    def uint8(folder):
+        return torch.stack([(evaluate.read_png(p) * 255).round().to(torch.uint8)
+                            for p in evaluate.sorted_images(folder)])
+
+    tm = FrechetInceptionDistance(feature=scorer.fid.model)  # the same extractor; torchmetrics' own statistics
+    tm.update(uint8(root / "reference"), real=True)
+    tm.update(uint8(root / "generated"), real=False)
+    want = float(tm.compute())
+    assert math.isfinite(ours) and ours > 0
+    assert ours == pytest.approx(want, rel=1e-3)
 
 
 @pytest.fixture(scope="module")
