@@ -172,6 +172,12 @@ class Plan:
     device: torch.device
     dtype: torch.dtype
 
+    def controlnet_for(self, selection: str) -> str:
+        """The ControlNet file of a selection ("" for no control)."""
+        if selection == NO_CONTROL:
+            return ""
+        return self.controlnets.get(selection, self.controlnets.get("", ""))
+
 
 def _split_controlnet(value: str) -> tuple[str, str]:
     m = re.match(r"^([A-Za-z0-9_+;]+)=(.+)$", value)
@@ -556,16 +562,18 @@ def run(a) -> dict:
     try:
         for selection in p.groups:
             control = None
-            path = "" if selection == NO_CONTROL else p.controlnets.get(selection, p.controlnets.get(""))
+            path = p.controlnet_for(selection)
             if path:
                 if path not in loaded:
                     loaded.clear()  # one ControlNet in memory at a time
                     loaded[path] = load_control(path, base, a.autoencoder, p.device, p.dtype)
+                    for other in p.groups:  # every selection this file serves, before generating any
+                        if p.controlnet_for(other) == path:
+                            try:
+                                loaded[path].ae.resolve_modules(other)
+                            except SCGError as e:
+                                raise SCGError(f"--groups: {other!r}: {e}") from None
                 control = loaded[path]
-                try:
-                    control.ae.resolve_modules(selection)
-                except SCGError as e:
-                    raise SCGError(f"--groups: {selection!r}: {e}") from None
                 trained = control.info.get("selection")
                 if control.kind == "per_group" and trained and trained != selection:
                     log.warning("%s was trained on %s but is evaluated with %s", os.path.basename(path), trained,

@@ -169,7 +169,8 @@ def test_command_line_errors_name_the_option(files, tmp_path, capsys):
 
     argv = _argv(files, tmp_path / "o", "--groups", "HC0,HC99")
     assert main(argv) == 2
-    assert "--groups: 'HC99'" in capsys.readouterr().err
+    assert "--groups: 'HC99': modules: unknown group 'HC99'" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "samples").exists()  # refused before generating anything
     argv = _argv(files, tmp_path / "o", "--groups", "HC0,HC1")
     argv[argv.index("--controlnet") + 1] = "HC0=" + files["cn"]
     assert main(argv) == 2
