@@ -41,12 +41,12 @@ AUTHORS_SAMPLING = {"steps": 50, "cfg": 9.1, "sampler": "ddim", "scheduler": "dd
 NO_CONTROL = "none"
 #: metric key -> (column title, unit, higher is better)
 COLUMNS = {
-    "psnr_grey": ("PSNR (grey)", "dB", True),
-    "psnr_colour": ("PSNR (colour)", "dB", True),
-    "ssim_grey": ("SSIM (grey)", "", True),
-    "ssim_colour": ("SSIM (colour)", "", True),
+    "psnr_grey": ("PSNR grey", "dB", True),
+    "psnr_colour": ("PSNR colour", "dB", True),
+    "ssim_grey": ("SSIM grey", "", True),
+    "ssim_colour": ("SSIM colour", "", True),
     "fid": ("FID", "", False),
-    "clip": ("CLIP (image)", "", True),
+    "clip": ("CLIP image", "", True),
 }
 
 
@@ -627,9 +627,8 @@ def main(argv=None) -> int:
     except SCGError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(Path(a.out, "results.md").read_text(encoding="utf-8"))
-    for msg in report["skipped"].values():
-        print(msg, file=sys.stderr)
+    print(Path(a.out, "results.md").read_text(encoding="utf-8"))  # the skipped metrics' reasons included
+    print(f"wrote {a.out}: results.md, results.json, {', '.join(report['charts'])}", file=sys.stderr)
     return 0
 
 
