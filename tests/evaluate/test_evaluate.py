@@ -6,6 +6,7 @@ loudly without one.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 
@@ -56,11 +57,25 @@ def report(files, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))  # no Inception weights in its hub cache
     out = files["root"] / "out"
+    warnings = _Records()
+    logging.getLogger("scg.evaluate").addHandler(warnings)
     try:
         assert main(_argv(files, out, "--groups", "HC0,HC1,none")) == 0
     finally:
         mp.undo()
-    return out, json.loads((out / "results.json").read_text())
+        logging.getLogger("scg.evaluate").removeHandler(warnings)
+    data = json.loads((out / "results.json").read_text())
+    data["_warnings"] = warnings.messages
+    return out, data
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
 
 def _read(path):
@@ -83,6 +98,7 @@ def test_report_rows_numbers_and_files(report):
             assert Image.open(out / row["folder"] / name).size == (RES, RES)
     assert data["rows"][0]["controlnet"] == "cn.safetensors" and data["rows"][2]["controlnet"] == ""
     assert data["rows"][0]["trained_on"] == "HC0"
+    assert data["_warnings"] == ["cn.safetensors was trained on HC0 but is evaluated with HC1"]
 
 
 def test_fid_and_clip_are_reported_as_skipped(report):
