@@ -531,6 +531,66 @@ def start_run(a, p: Plan, out: Path) -> None:
     path.write_text(json.dumps(key, indent=2) + "\n", encoding="utf-8")
 
 
+def _control(loaded: dict, path: str, p: Plan, base, a) -> Control:
+    """The ControlNet of ``path``, loaded once (one file in memory at a time); every selection
+    it serves is checked against its autoencoder before anything is generated with it."""
+    if path not in loaded:
+        loaded.clear()
+        loaded[path] = load_control(path, base, a.autoencoder, p.device, p.dtype)
+        for other in p.groups:
+            if p.controlnet_for(other) == path:
+                try:
+                    loaded[path].ae.resolve_modules(other)
+                except SCGError as e:
+                    raise SCGError(f"--groups: {other!r}: {e}") from None
+    return loaded[path]
+
+
+def generate_all(a, p: Plan, todo: list[Item], out: Path) -> tuple[list[dict], int]:
+    """Write ``reference/`` and ``samples/<selection>/`` (skipping files already there, which only
+    --resume allows). Returns one row per selection and the number of images generated."""
+    import comfy.model_management as mm
+
+    from . import sd15
+    from .cn_data import load_image
+
+    base = sd15.load_base(a.checkpoint, unet_dtype=p.dtype)
+
+    def original(it: Item) -> torch.Tensor:  # 1 x 3 x R x R, centre crop resized, as the trainer prepares it
+        return load_image(Path(a.images) / it.source, a.resolution)[None]
+
+    for it in todo:
+        if not (out / "reference" / it.name).is_file():
+            save_png(reconstruct(base, original(it))[0], out / "reference" / it.name)
+    uncond = sd15.encode_text(base, [a.negative])
+    generated, rows, loaded = 0, [], {}
+    bar = _progress(len(p.groups) * len(todo), a.no_progress)
+    try:
+        for selection in p.groups:
+            path = p.controlnet_for(selection)
+            control = _control(loaded, path, p, base, a) if path else None
+            trained = control.info.get("selection") if control else None
+            if control is not None and control.kind == "per_group" and trained and trained != selection:
+                log.warning("%s was trained on %s but is evaluated with %s", os.path.basename(path), trained,
+                            selection)
+            folder = out / "samples" / folder_label(selection)
+            for it in todo:
+                if not (folder / it.name).is_file():
+                    context = sd15.encode_text(base, [it.caption])
+                    save_png(generate(base, control, selection, original(it), context, uncond, it.seed, a),
+                             folder / it.name)
+                    generated += 1
+                if bar is not None:
+                    bar.update(1)
+            mm.unload_all_models()
+            rows.append({"selection": selection, "folder": str(folder.relative_to(out)),
+                         "controlnet": os.path.basename(path) if path else "", "trained_on": trained})
+    finally:
+        if bar is not None:
+            bar.close()
+    return rows, generated
+
+
 def run(a) -> dict:
     """Evaluate as the parsed command line ``a`` says; returns the report (also written to --out)."""
     p = plan(a)
@@ -540,62 +600,12 @@ def run(a) -> dict:
     from . import sd15
 
     sd15.import_comfy(a.comfyui, cpu=p.device.type == "cpu")
-    import comfy.model_management as mm
-
     out = Path(a.out)
     start_run(a, p, out)
     t0 = time.time()
-    base = sd15.load_base(a.checkpoint, unet_dtype=p.dtype)
-    ref_dir = out / "reference"
-    from .cn_data import load_image
-
-    def original(it: Item) -> torch.Tensor:  # 1 x 3 x R x R, centre crop resized, as the trainer prepares it
-        return load_image(Path(a.images) / it.source, a.resolution)[None]
-
-    for it in todo:
-        if not (ref_dir / it.name).is_file():
-            save_png(reconstruct(base, original(it))[0], ref_dir / it.name)
-    uncond = sd15.encode_text(base, [a.negative])
-    generated = 0
-    bar = _progress(len(p.groups) * len(todo), a.no_progress)
-    rows, loaded = [], {}
-    try:
-        for selection in p.groups:
-            control = None
-            path = p.controlnet_for(selection)
-            if path:
-                if path not in loaded:
-                    loaded.clear()  # one ControlNet in memory at a time
-                    loaded[path] = load_control(path, base, a.autoencoder, p.device, p.dtype)
-                    for other in p.groups:  # every selection this file serves, before generating any
-                        if p.controlnet_for(other) == path:
-                            try:
-                                loaded[path].ae.resolve_modules(other)
-                            except SCGError as e:
-                                raise SCGError(f"--groups: {other!r}: {e}") from None
-                control = loaded[path]
-                trained = control.info.get("selection")
-                if control.kind == "per_group" and trained and trained != selection:
-                    log.warning("%s was trained on %s but is evaluated with %s", os.path.basename(path), trained,
-                                selection)
-            folder = out / "samples" / folder_label(selection)
-            for it in todo:
-                if not (folder / it.name).is_file():  # present only with --resume (start_run)
-                    context = sd15.encode_text(base, [it.caption])
-                    save_png(generate(base, control, selection, original(it), context, uncond, it.seed, a),
-                             folder / it.name)
-                    generated += 1
-                if bar is not None:
-                    bar.update(1)
-            mm.unload_all_models()
-            rows.append({"selection": selection, "folder": str(folder.relative_to(out)),
-                         "controlnet": os.path.basename(path) if path else "",
-                         "trained_on": (control.info.get("selection") if control else None)})
-    finally:
-        if bar is not None:
-            bar.close()
-    gen_seconds = time.time() - t0
-    scorer = Scorer(ref_dir, a.fid_weights, a.clip_model, p.device)
+    rows, generated = generate_all(a, p, todo, out)
+    seconds = time.time() - t0
+    scorer = Scorer(out / "reference", a.fid_weights, a.clip_model, p.device)
     for row in rows:
         row.update(scorer.score(out / row["folder"]))
     report = {
@@ -604,7 +614,7 @@ def run(a) -> dict:
                      "cfg": a.cfg, "sampler": a.sampler, "scheduler": a.scheduler, "seed": a.seed,
                      "negative": a.negative, "prompt": a.prompt, "device": str(p.device),
                      "dtype": str(p.dtype).replace("torch.", ""), "generated": generated,
-                     "generation_seconds": round(gen_seconds, 1),
+                     "generation_seconds": round(seconds, 1),
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "reference": "SD VAE encode-decode of each original (centre crop, resized)",
                      "pairing": "generated and reference files by sorted name"},
