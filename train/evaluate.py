@@ -128,12 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="The SCG paper's evaluation (Table 1): generate with each group's ControlNet, compare with "
                     "the VAE reconstruction of each original (PSNR/SSIM grey and colour; FID and CLIP when their "
                     "weights are on disk). Nothing is downloaded.")
-    p.add_argument("--checkpoint", required=True, help="SD1.5 checkpoint (UNet, CLIP, VAE in one file)")
+    p.add_argument("--checkpoint", help="SD1.5 checkpoint (UNet, CLIP, VAE in one file)")
     p.add_argument("--controlnet", action="append", default=[], metavar="[GROUP=]PATH",
                    help="SCG ControlNet file (authors' .ckpt or converted .safetensors). PATH: used for every group; "
                         "GROUP=PATH: that group's own ControlNet (per-group files, as in Table 1). Repeatable.")
     p.add_argument("--autoencoder", help="SCG autoencoder file (default: the one stored in each ControlNet file)")
-    p.add_argument("--images", required=True, help="folder of images; captions in same-named .txt files")
+    p.add_argument("--images", help="folder of images; captions in same-named .txt files")
     p.add_argument("--captions", help="COCO-style captions JSON instead of .txt files (first caption per image)")
     p.add_argument("--prompt", help="one prompt for every image (instead of the captions)")
     p.add_argument("--negative", default="", help="negative prompt (default: empty, as the authors)")
@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UNet/ControlNet weights (auto: fp16 on CUDA, fp32 on the CPU)")
     p.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH, the ComfyUI holding this "
                    "extension, ~/comfy/ComfyUI)")
+    p.add_argument("--score-folders", nargs="+", metavar=("REFERENCE", "GENERATED"),
+                   help="no generation: score folders of images made elsewhere (e.g. the authors' samples) against "
+                        "REFERENCE, one row per GENERATED folder, files paired by sorted name")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same settings): "
                    "images already written are kept")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -188,6 +191,9 @@ def _split_controlnet(value: str) -> tuple[str, str]:
 
 def plan(a) -> Plan:
     """Check the command line once; errors name the option."""
+    for name in ("checkpoint", "images"):
+        if not getattr(a, name):
+            raise SCGError(f"--{name} is required (or --score-folders REFERENCE GENERATED... to score existing images)")
     groups = [g.strip() for g in a.groups.split(",") if g.strip()]
     if not groups:
         raise SCGError("--groups: give at least one selection (e.g. HC0,HC1,none)")
@@ -217,15 +223,7 @@ def plan(a) -> Plan:
         raise SCGError(f"--resolution: {a.resolution} must be a multiple of 8 and at least 32")
     if a.steps < 1 or not math.isfinite(a.cfg) or a.limit < 0:
         raise SCGError("--steps must be >= 1, --cfg finite, --limit >= 0")
-    if a.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(a.device)
-        except RuntimeError:
-            raise SCGError(f"--device: {a.device!r} is not a device (auto, cpu, cuda, cuda:N)") from None
-        if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
-            raise SCGError(f"--device: {a.device} is not available here (auto, cpu, cuda, cuda:N)")
+    device = device_of(a)
     name = a.dtype if a.dtype != "auto" else ("fp16" if device.type == "cuda" else "fp32")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
     return Plan(groups, controlnets, device, dtype)
@@ -419,10 +417,14 @@ def _fmt(value, key: str) -> str:
 def write_markdown(report: dict, path: Path) -> None:
     keys = [k for k in COLUMNS if any(r["metrics"].get(k) is not None for r in report["rows"])]
     s = report["settings"]
-    lines = [f"# SCG evaluation: {len(report['rows'])} selection(s) x {report['rows'][0]['n']} image(s)", "",
-             f"Base `{s['checkpoint']}`, {s['steps']} steps {s['sampler']}/{s['scheduler']}, CFG {s['cfg']}, "
-             f"{s['resolution']} px, seeds from {s['seed']}. Generated images against the VAE reconstruction of "
-             "each original, paired by sorted name. Higher is better except FID.", ""]
+    lines = [f"# SCG evaluation: {len(report['rows'])} selection(s) x {report['rows'][0]['n']} image(s)", ""]
+    if "checkpoint" in s:
+        lines += [f"Base `{s['checkpoint']}`, {s['steps']} steps {s['sampler']}/{s['scheduler']}, CFG {s['cfg']}, "
+                  f"{s['resolution']} px, seeds from {s['seed']}. Generated images against the VAE reconstruction "
+                  "of each original, paired by sorted name. Higher is better except FID.", ""]
+    else:
+        lines += [f"Existing folders against `{s['reference']}`, paired by sorted name. Higher is better except "
+                  "FID.", ""]
     header = ["selection", "ControlNet", "images"] + [COLUMNS[k][0] + (f" ({COLUMNS[k][1]})" if COLUMNS[k][1] else "")
                                                     for k in keys]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -591,8 +593,46 @@ def generate_all(a, p: Plan, todo: list[Item], out: Path) -> tuple[list[dict], i
     return rows, generated
 
 
+def device_of(a) -> torch.device:
+    if a.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(a.device)
+    except RuntimeError:
+        raise SCGError(f"--device: {a.device!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        raise SCGError(f"--device: {a.device} is not available here (auto, cpu, cuda, cuda:N)")
+    return device
+
+
+def write_report(report: dict, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(report, out / "results.json")
+    write_markdown(report, out / "results.md")
+    report["charts"] = write_charts(report, out)
+    return report
+
+
+def score_only(a) -> dict:
+    """--score-folders: the metrics of existing folders, no generation."""
+    if len(a.score_folders) < 2:
+        raise SCGError("--score-folders: give the reference folder, then at least one folder of generated images")
+    folders = [Path(f) for f in a.score_folders]
+    for f in folders:
+        if not f.is_dir():
+            raise SCGError(f"--score-folders: {f} is not a folder")
+    scorer = Scorer(folders[0], a.fid_weights, a.clip_model, device_of(a))
+    rows = [{"selection": f.name, "folder": str(f.resolve()), "controlnet": "", "trained_on": None,
+             **scorer.score(f)} for f in folders[1:]]
+    settings = {"reference": str(folders[0].resolve()), "pairing": "generated and reference files by sorted name",
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return write_report({"settings": settings, "skipped": dict(scorer.skipped), "rows": rows}, Path(a.out))
+
+
 def run(a) -> dict:
     """Evaluate as the parsed command line ``a`` says; returns the report (also written to --out)."""
+    if a.score_folders:
+        return score_only(a)
     p = plan(a)
     todo = items(a)
     if p.device.type == "cuda" and p.device.index is not None:
@@ -621,10 +661,7 @@ def run(a) -> dict:
         "skipped": dict(scorer.skipped),
         "rows": rows,
     }
-    write_json(report, out / "results.json")
-    write_markdown(report, out / "results.md")
-    report["charts"] = write_charts(report, out)
-    return report
+    return write_report(report, out)
 
 
 def main(argv=None) -> int:

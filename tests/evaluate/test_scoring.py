@@ -2,6 +2,7 @@
 CLIP model (random weights, never downloaded), and the FID skip messages."""
 from __future__ import annotations
 
+import json
 import math
 import socket
 
@@ -44,6 +45,26 @@ def test_pairs_by_sorted_name_and_known_psnr(folders):
         assert p["psnr_grey"] > p["psnr_colour"] - 1  # a uniform shift: grey error = k/255 up to rounding
     assert result["metrics"]["psnr_colour"] == pytest.approx(
         sum(20 * math.log10(255 / k) for k in shift.values()) / 3)
+
+
+def test_score_folders_from_the_command_line(folders, capsys):
+    root, shift = folders
+    out = root / "report"
+    assert evaluate.main(["--score-folders", str(root / "reference"), str(root / "generated"), str(root / "reference"),
+                          "--out", str(out), "--device", "cpu"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert [r["selection"] for r in data["rows"]] == ["generated", "reference"]
+    assert data["rows"][0]["metrics"]["psnr_colour"] == pytest.approx(
+        sum(20 * math.log10(255 / k) for k in shift.values()) / 3)
+    assert data["rows"][1]["metrics"]["psnr_grey"] == "inf"  # identical images, strict JSON
+    assert data["rows"][1]["metrics"]["ssim_colour"] == pytest.approx(1.0)
+    md = (out / "results.md").read_text()
+    assert "| `reference` | - | 3 | inf | inf | 1.0000 | 1.0000 |" in md
+    assert (out / "chart_psnr_grey.png").is_file()
+    assert evaluate.main(["--score-folders", str(root / "reference"), "--out", str(out)]) == 2
+    assert "at least one folder of generated images" in capsys.readouterr().err
+    assert evaluate.main(["--out", str(out)]) == 2
+    assert "--checkpoint is required (or --score-folders" in capsys.readouterr().err
 
 
 def test_folders_that_cannot_be_paired(folders):
