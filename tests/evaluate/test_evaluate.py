@@ -197,6 +197,9 @@ def test_command_line_errors_name_the_option(files, tmp_path, capsys):
     argv[argv.index("--images") + 1] = str(tmp_path / "bare")
     assert main(argv) == 2
     assert "no caption (first: x.png)" in capsys.readouterr().err
+    argv[argv.index("--out") + 1] = str(tmp_path / "prompted")
+    assert main([*argv, "--prompt", "a photo", "--steps", "1"]) == 0  # one prompt for all: no captions needed
+    assert json.loads((tmp_path / "prompted" / "results.json").read_text())["settings"]["prompt"] == "a photo"
 
 
 def test_the_authors_ckpt_gives_the_same_images_as_the_converted_file(files, report, tmp_path):
