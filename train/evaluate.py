@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ComfyUI scheduler name (default ddim_uniform)")
     p.add_argument("--seed", type=int, default=0, help="image k uses seed + k, the same for every group")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (sorted; 0: all)")
-    p.add_argument("--fid-weights", help="torch-fidelity's pt_inception-2015-12-05-*.pth (default: look in the "
+    p.add_argument("--fid-weights", help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (default: look in the "
                    "torch hub cache); FID is skipped without it")
     p.add_argument("--clip-model", help="local folder of a transformers CLIPModel (e.g. clip-vit-base-patch32 "
                    "saved with save_pretrained); CLIP is skipped without it")

@@ -14,7 +14,7 @@ Conventions (``python -m train.evaluate`` and docs/evaluation.md):
   settings and a fixed data range.
 * FID: the Frechet distance between Gaussian fits of Inception-v3 pool features (2048-d) of two
   image sets. The feature extractor is torch-fidelity's Inception (through torchmetrics) with the
-  weights file ``pt_inception-2015-12-05-*.pth`` found on disk; nothing is downloaded.
+  weights file ``weights-inception-2015-12-05-6726825d.pth`` found on disk; nothing is downloaded.
 * CLIP: the authors' image-image similarity: ``(cos(CLIP(a), CLIP(b)) + 1) / 2`` of the image
   embeddings of a generated image and its reference, with a CLIP model from a local folder.
 
@@ -36,8 +36,9 @@ BT601 = (0.299, 0.587, 0.114)
 #: OpenAI CLIP's input normalisation.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-#: torch-fidelity's Inception weights, as torch.hub caches them.
-FID_WEIGHTS_GLOB = "pt_inception-2015-12-05*.pth"
+#: torch-fidelity's Inception weights as torch.hub caches them (weights-inception-2015-12-05-6726825d.pth).
+FID_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
+FID_WEIGHTS_GLOB = "*inception-2015-12-05*.pth"
 
 
 class MetricUnavailable(SCGError):
@@ -153,13 +154,17 @@ def fid_from_features(a: torch.Tensor, b: torch.Tensor) -> float:
 # --- FID feature extractor (weights from disk only) --------------------------------------------
 def find_fid_weights(explicit: str | os.PathLike | None = None) -> Path | None:
     """The Inception weights file: ``explicit`` if given (must exist), else torch hub's cache
-    (``$TORCH_HOME/hub/checkpoints/pt_inception-2015-12-05-*.pth``), else None."""
+    (``$TORCH_HOME/hub/checkpoints/``: torch-fidelity's file, else another ``*inception-2015-12-05*.pth``),
+    else None."""
     if explicit:
         p = Path(explicit)
         if not p.is_file():
-            raise SCGError(f"--fid-weights: {p} is not a file (torch-fidelity's pt_inception-2015-12-05-*.pth)")
+            raise SCGError(f"--fid-weights: {p} is not a file (torch-fidelity's {FID_WEIGHTS_NAME})")
         return p
-    found = sorted(glob.glob(os.path.join(torch.hub.get_dir(), "checkpoints", FID_WEIGHTS_GLOB)))
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    if (cache / FID_WEIGHTS_NAME).is_file():
+        return cache / FID_WEIGHTS_NAME
+    found = sorted(glob.glob(str(cache / FID_WEIGHTS_GLOB)))
     return Path(found[0]) if found else None
 
 
@@ -193,16 +198,19 @@ class InceptionFeatures:
         if path is None:
             raise MetricUnavailable(
                 f"FID skipped: no Inception weights on disk (pass --fid-weights PATH to torch-fidelity's "
-                f"pt_inception-2015-12-05-6726825d.pth, or put it in {torch.hub.get_dir()}/checkpoints/); "
-                "nothing is downloaded")
+                f"{FID_WEIGHTS_NAME}, or put it in {torch.hub.get_dir()}/checkpoints/); nothing is downloaded")
         if not _has_torch_fidelity():
             raise MetricUnavailable("FID skipped: torchmetrics' Inception needs the torch-fidelity package "
                                     "(pip install torch-fidelity)")
         check_weights_file(path, "--fid-weights")  # torch-fidelity unpickles it with weights_only=False
         from torchmetrics.image.fid import NoTrainInceptionV3
 
-        model = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                   feature_extractor_weights_path=str(path))
+        try:
+            model = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                       feature_extractor_weights_path=str(path))
+        except RuntimeError as e:  # load_state_dict: other key names or shapes
+            raise SCGError(f"--fid-weights: {path} does not fit torch-fidelity's Inception (expected "
+                           f"{FID_WEIGHTS_NAME}): {str(e).strip().splitlines()[0]}") from None
         self.model = model.eval().requires_grad_(False).to(device)
         self.device, self.path = torch.device(device), path
 

@@ -164,9 +164,12 @@ def test_fid_without_weights_is_skipped_with_a_message(tmp_path, monkeypatch):
 def test_fid_weights_are_found_in_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    w = tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
-    w.write_bytes(b"not really")
-    assert metrics.find_fid_weights() == w
+    other = tmp_path / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    other.write_bytes(b"not really")
+    assert metrics.find_fid_weights() == other
+    fidelity = tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+    fidelity.write_bytes(b"not really")
+    assert metrics.find_fid_weights() == fidelity  # torch-fidelity's own file first
 
 
 def test_clip_without_a_model_folder_is_skipped_with_a_message(tmp_path):

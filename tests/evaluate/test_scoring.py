@@ -108,6 +108,13 @@ def test_fid_weights_must_be_plain_finite_tensors(tmp_path):
         metrics.check_weights_file(tmp_path / "list.pth", "--fid-weights")
 
 
+def test_fid_weights_of_another_network_are_refused(tmp_path):
+    pytest.importorskip("torch_fidelity", reason="FID PATH NOT TESTED: torch-fidelity is not installed")
+    torch.save({"conv.weight": torch.zeros(2, 3, 1, 1)}, tmp_path / "other.pth")
+    with pytest.raises(metrics.SCGError, match="other.pth does not fit torch-fidelity's Inception"):
+        metrics.InceptionFeatures(tmp_path / "other.pth")
+
+
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory):
     """torch-fidelity's Inception with random weights (He-initialised convolutions), saved as the
