@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "unions (HC2+HC3), module lists with ';' (0;1;4), and 'none' for no control (default: HC0)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resolution", type=int, default=512, help="generation size (square; default 512)")
+    p.add_argument("--fit", choices=["crop", "stretch"], default="crop",
+                   help="make each image square: centre crop then resize (as the trainer and nodes do; default) or "
+                        "resize without cropping (as the authors prepared COCO)")
     p.add_argument("--steps", type=int, default=AUTHORS_SAMPLING["steps"])
     p.add_argument("--cfg", type=float, default=AUTHORS_SAMPLING["cfg"])
     p.add_argument("--sampler", default=AUTHORS_SAMPLING["sampler"], help="ComfyUI sampler name (default ddim)")
@@ -263,6 +266,23 @@ def items(a) -> list[Item]:
 
 def folder_label(selection: str) -> str:
     return re.sub(r"[^A-Za-z0-9+_-]+", "_", selection)
+
+
+def load_original(path: Path, resolution: int, fit: str) -> torch.Tensor:
+    """An image file -> 1 x 3 x R x R in [0, 1]: ``crop`` prepares it as the trainer does (EXIF
+    rotation, RGB, centre crop, antialiased resize); ``stretch`` resizes the whole image to R x R."""
+    from .cn_data import load_image
+
+    if fit == "crop":
+        return load_image(path, resolution)[None]
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255
+    return torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                                           antialias=True).clamp(0, 1)
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
@@ -506,7 +526,8 @@ def run_key(a, p: Plan) -> dict:
 
     return {"checkpoint": ident(a.checkpoint), "controlnets": {g: ident(f) for g, f in sorted(p.controlnets.items())},
             "autoencoder": ident(a.autoencoder), "images": os.path.abspath(a.images), "captions": ident(a.captions),
-            "prompt": a.prompt, "negative": a.negative, "resolution": a.resolution, "steps": a.steps, "cfg": a.cfg,
+            "prompt": a.prompt, "negative": a.negative, "resolution": a.resolution, "fit": a.fit, "steps": a.steps,
+            "cfg": a.cfg,
             "sampler": a.sampler, "scheduler": a.scheduler, "seed": a.seed, "limit": a.limit,
             "dtype": str(p.dtype), "device_type": p.device.type}
 
@@ -554,12 +575,11 @@ def generate_all(a, p: Plan, todo: list[Item], out: Path) -> tuple[list[dict], i
     import comfy.model_management as mm
 
     from . import sd15
-    from .cn_data import load_image
 
     base = sd15.load_base(a.checkpoint, unet_dtype=p.dtype)
 
-    def original(it: Item) -> torch.Tensor:  # 1 x 3 x R x R, centre crop resized, as the trainer prepares it
-        return load_image(Path(a.images) / it.source, a.resolution)[None]
+    def original(it: Item) -> torch.Tensor:
+        return load_original(Path(a.images) / it.source, a.resolution, a.fit)
 
     for it in todo:
         if not (out / "reference" / it.name).is_file():
@@ -650,13 +670,14 @@ def run(a) -> dict:
         row.update(scorer.score(out / row["folder"]))
     report = {
         "settings": {"checkpoint": os.path.basename(a.checkpoint), "autoencoder": a.autoencoder or "from ControlNet",
-                     "images": os.path.abspath(a.images), "resolution": a.resolution, "steps": a.steps,
+                     "images": os.path.abspath(a.images), "resolution": a.resolution, "fit": a.fit,
+                     "steps": a.steps,
                      "cfg": a.cfg, "sampler": a.sampler, "scheduler": a.scheduler, "seed": a.seed,
                      "negative": a.negative, "prompt": a.prompt, "device": str(p.device),
                      "dtype": str(p.dtype).replace("torch.", ""), "generated": generated,
                      "generation_seconds": round(seconds, 1),
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     "reference": "SD VAE encode-decode of each original (centre crop, resized)",
+                     "reference": f"SD VAE encode-decode of each original ({a.fit}, resized)",
                      "pairing": "generated and reference files by sorted name"},
         "skipped": dict(scorer.skipped),
         "rows": rows,

@@ -256,3 +256,14 @@ def test_resume_keeps_written_images_and_refuses_other_settings(files, tmp_path,
     assert main([*argv[:-2], "--steps", "2", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "--resume: the run in" in err and "(steps changed)" in err
+
+
+def test_fit_stretch_keeps_the_whole_image(files, tmp_path):
+    from train.evaluate import load_original
+
+    path = f"{files['images']}/a.png"  # 48 wide, 40 high
+    crop, stretch = load_original(path, RES, "crop"), load_original(path, RES, "stretch")
+    assert crop.shape == stretch.shape == (1, 3, RES, RES)
+    full = _read(path)[None].float()
+    want = torch.nn.functional.interpolate(full, size=(RES, RES), mode="bilinear", antialias=True)
+    assert torch.allclose(stretch, want, atol=1e-6) and not torch.allclose(crop, stretch, atol=1e-2)
