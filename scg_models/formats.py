@@ -280,7 +280,8 @@ def load_controlnet_file(path) -> ControlNetFile:
     return ControlNetFile(sd, ae, dict(raw.metadata))
 
 
-def save_controlnet(cn: ControlNetFile, path, dtype: torch.dtype | None = None, info: dict | None = None) -> None:
+def save_controlnet(cn: ControlNetFile, path, dtype: torch.dtype | None = None, info: dict | None = None,
+                    extra_metadata: dict[str, str] | None = None) -> None:
     """Write a converted ControlNet (optionally cast), with its autoencoder embedded, atomically."""
     if dtype is not None and dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise SCGError(f"dtype: {dtype} is not fp16, bf16 or fp32")
@@ -289,4 +290,57 @@ def save_controlnet(cn: ControlNetFile, path, dtype: torch.dtype | None = None, 
     if cn.autoencoder is not None:
         tensors.update({AE_PREFIX + k: v.float() for k, v in cn.autoencoder.state_dict().items()})
         meta.update(autoencoder_metadata(cn.autoencoder))
-    _atomic_save(tensors, path, meta)
+    _atomic_save(tensors, path, {**meta, **(extra_metadata or {})})
+
+
+# --- the any-subset SCG ControlNet -------------------------------------------------------
+#: metadata key marking an any-subset ControlNet file (value: JSON with ``kind`` and ``n_vector``)
+ANY_SUBSET_META_KEY = "scg_any_subset"
+ANY_SUBSET = "any_subset"
+PER_GROUP = "per_group"
+
+
+def controlnet_kind(cn: ControlNetFile, path: str = "ControlNet") -> str:
+    """``"per_group"`` (a 3-channel hint block: the authors' files and ours) or ``"any_subset"``
+    (hint block input 3 + n_vector and the :data:`ANY_SUBSET_META_KEY` marker). Anything in
+    between (a wide hint block without the marker, or the marker on a file whose widths do not
+    fit its autoencoder) is a :class:`CheckpointError`."""
+    from .subsets import input_channels
+
+    weight = cn.state_dict.get("input_hint_block.0.weight")
+    width = int(weight.shape[1]) if weight is not None and weight.dim() == 4 else None
+    marked = ANY_SUBSET_META_KEY in cn.metadata
+    if width == 3 and not marked:
+        return PER_GROUP
+    if not marked:
+        raise CheckpointError(f"{path}: its hint block takes {width} channels; an SCG ControlNet takes 3 (one "
+                              f"module selection) or is an any-subset file marked with {ANY_SUBSET_META_KEY!r}")
+    try:
+        meta = json.loads(cn.metadata[ANY_SUBSET_META_KEY])
+        n_vector = int(meta["n_vector"])
+    except (ValueError, TypeError, KeyError):
+        raise CheckpointError(f"{path}: bad {ANY_SUBSET_META_KEY} metadata (expected JSON with n_vector)") from None
+    if cn.autoencoder is None:
+        raise CheckpointError(f"{path}: an any-subset ControlNet without its autoencoder")
+    if n_vector != cn.autoencoder.n_vector or width != input_channels(n_vector):
+        raise CheckpointError(f"{path}: any-subset ControlNet with a {width}-channel hint block for {n_vector} "
+                              f"modules; its autoencoder has {cn.autoencoder.n_vector} modules, so the hint block "
+                              f"must take {input_channels(cn.autoencoder.n_vector)} (3 hint + 1 per module)")
+    return ANY_SUBSET
+
+
+def save_any_subset_controlnet(cn: ControlNetFile, path, dtype: torch.dtype | None = None,
+                               info: dict | None = None) -> None:
+    """Write an any-subset ControlNet: :func:`save_controlnet` plus the :data:`ANY_SUBSET_META_KEY`
+    marker; its hint block must take 3 + n_vector channels (checked by reading the kind back)."""
+    from .subsets import input_channels
+
+    if cn.autoencoder is None:
+        raise SCGError("an any-subset ControlNet needs its autoencoder")
+    width = int(cn.state_dict["input_hint_block.0.weight"].shape[1])
+    n = cn.autoencoder.n_vector
+    if width != input_channels(n):
+        raise SCGError(f"any-subset ControlNet: hint block takes {width} channels, expected {input_channels(n)}")
+    marker = {ANY_SUBSET_META_KEY: json.dumps({"kind": ANY_SUBSET, "n_vector": n, "version": 1,
+                                               "input": "SCG hint (3 channels) then a presence mask (1 per module)"})}
+    save_controlnet(cn, path, dtype=dtype, info=info, extra_metadata=marker)

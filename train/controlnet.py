@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -114,6 +115,15 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=False):
             return self.ae.hint(images.to(self.device, non_blocking=True), self.modules).float()
 
+    def input_of(self, batch: dict) -> torch.Tensor:
+        """The ControlNet's input for a batch: the hint of ``self.modules`` (:class:`SubsetTrainer`:
+        hint and presence mask of each sample's drawn subset)."""
+        return self.hint(batch["image"])
+
+    def sheet_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The ControlNet's input when sampling the progress sheets (``images`` on any device)."""
+        return self.ae.hint(images.to(self.device), self.modules)
+
     def empty_text(self) -> torch.Tensor:
         if self._empty is None:
             from . import sd15
@@ -131,7 +141,7 @@ class Trainer:
         else:
             latent = sd15.encode_images(self.base, batch["image"]).to(self.device)
             context = sd15.encode_text(self.base, batch["caption"]).to(self.device)
-        hint = self.hint(batch["image"])
+        hint = self.input_of(batch)
         noise, timesteps, drop = [], [], []
         for p in batch["position"].tolist():
             g = sample_generator(self.seed, p)
@@ -209,6 +219,7 @@ class Recipe:
     samples: int
     precompute: bool
     init: dict | None  # the ControlNet fine-tuned from (name, size), or None: the UNet's encoder
+    subsets: dict | None = None  # any-subset training: the SubsetPolicy's probabilities; None: per-group
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -277,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if CUDA is available")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="auto, cpu (= --cpu) or cuda")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_subset_arguments(ap)
     return ap
 
 
@@ -292,6 +304,7 @@ def check_args(args) -> None:
         raise TrainError("--lr must be finite and > 0")
     if not args.out.endswith(".safetensors"):
         raise TrainError("--out must end in .safetensors (ComfyUI's ControlNet folder format)")
+    subset_policy(args)
 
 
 def holdout(n: int, k: int) -> list[int]:
@@ -337,10 +350,12 @@ class Training:
             raise TrainError(f"--resolution {args.resolution}: must be a multiple of {self.base.latent_factor} "
                              "for this UNet")
         # the ControlNet: the UNet's encoder, or a given ControlNet to fine-tune
-        self.controlnet = sd15.build_controlnet(self.base, seed=args.seed)
+        self.policy = subset_policy(args)
+        self.controlnet = sd15.build_controlnet(self.base, seed=args.seed, hint_channels=hint_channels(self.policy,
+                                                                                                         self.ae))
         init_from = None
         if args.init_controlnet:
-            start = formats.load_controlnet_file(args.init_controlnet).state_dict
+            start = subset_init(formats.load_controlnet_file(args.init_controlnet).state_dict, self.controlnet)
             own = self.controlnet.state_dict()
             bad = sorted(set(own) ^ set(start)) + [k for k in own if k in start and own[k].shape != start[k].shape]
             if bad:
@@ -379,8 +394,10 @@ class Training:
             resolution=args.resolution, batch_size=args.batch_size, grad_accum=args.grad_accum,
             world=dist.world_size, seed=args.seed, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
             max_grad_norm=args.max_grad_norm, precision=precision, caption_dropout=args.caption_dropout,
-            data=self.index.fingerprint(), samples=args.samples, precompute=bool(args.precompute), init=init_from)
-        self.trainer = Trainer(self.base, self.ae, self.modules, self.controlnet, device=dist.device,
+            data=self.index.fingerprint(), samples=args.samples, precompute=bool(args.precompute), init=init_from,
+            subsets=self.policy.to_dict() if self.policy else None)
+        trainer_class = Trainer if self.policy is None else functools.partial(SubsetTrainer, policy=self.policy)
+        self.trainer = trainer_class(self.base, self.ae, self.modules, self.controlnet, device=dist.device,
                                precision=precision, checkpointing=args.gradient_checkpointing, lr=args.lr,
                                weight_decay=args.weight_decay, seed=args.seed, caption_dropout=args.caption_dropout,
                                max_grad_norm=args.max_grad_norm, dist=dist)
@@ -558,7 +575,8 @@ class Training:
                     "captions": self.index.caption_source, "final_losses": self.final_losses,
                     "skipped": runtime.skipped_counts(self.skipped, self.index.scan_skipped)}
             weights = formats.ControlNetFile(dict(self.controlnet.state_dict()), self.ae, {})
-            formats.save_controlnet(weights, self.out, dtype=SAVE_DTYPES[args.save_dtype], info=info)
+            save = formats.save_controlnet if self.policy is None else save_any_subset
+            save(weights, self.out, dtype=SAVE_DTYPES[args.save_dtype], info=info)
             state = {"recipe": asdict(self.recipe), "controlnet": self.controlnet.state_dict(),
                      "optimizer": self.trainer.optimizer.state_dict(), "rng": rngs, "skipped": dict(self.skipped),
                      "final_losses": self.final_losses}
@@ -586,7 +604,7 @@ def write_sheet(trainer: Trainer, batch: dict, path: str, args) -> None:
     sampling_base = dataclasses.replace(base, patcher=patcher)
 
     def hint_fn(x):
-        return trainer.ae.hint(x.to(trainer.device), trainer.modules)
+        return trainer.sheet_input(x)
 
     with torch.autocast(trainer.device.type, enabled=False):
         out = sd15.sample(sampling_base, trainer.controlnet, images, hint_fn, context, uncond,
@@ -602,6 +620,89 @@ def write_sheet(trainer: Trainer, batch: dict, path: str, args) -> None:
     sheet = torch.cat(rows, dim=-2).clamp(0, 1)
     pixels = (sheet.movedim(0, -1).numpy() * 255 + 0.5).astype(np.uint8)
     atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+
+
+# --- any-subset training (--subsets) ------------------------------------------------------------
+def add_subset_arguments(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_argument_group("any-subset ControlNet (docs/any_subset.md)")
+    g.add_argument("--subsets", action="store_true",
+                   help="train one ControlNet for any module subset: per sample a random subset of --modules (the "
+                        "pool, e.g. all) is drawn; the ControlNet gets its hint plus a presence mask of the kept modules")
+    g.add_argument("--p-group", type=float, default=0.6, help="probability of a group-level draw (1..G whole groups)")
+    g.add_argument("--p-module", type=float, default=0.35, help="probability of a module-level draw (1..M modules)")
+    g.add_argument("--p-none", type=float, default=0.05, help="probability of a sample with no modules (no control)")
+
+
+def subset_policy(args):
+    """The :class:`scg_models.subsets.SubsetPolicy` of ``--subsets`` (None without it); bad
+    probabilities are a :class:`TrainError` naming the option."""
+    from scg_models.subsets import SubsetPolicy
+
+    if not getattr(args, "subsets", False):
+        return None
+    try:
+        return SubsetPolicy(args.p_group, args.p_module, args.p_none)
+    except Exception as e:  # SCGError naming the option
+        raise TrainError(str(e)) from None
+
+
+def hint_channels(policy, ae) -> int:
+    from scg_models.subsets import input_channels
+
+    return 3 if policy is None else input_channels(ae.n_vector)
+
+
+def subset_init(start: dict, controlnet: torch.nn.Module) -> dict:
+    """``--init-controlnet`` for an any-subset run: a per-group ControlNet's 3-channel hint block is
+    widened with zero weights for the presence mask (:func:`train.sd15.widen_hint_input`)."""
+    from . import sd15
+
+    width = controlnet.input_hint_block[0].in_channels
+    key = "input_hint_block.0.weight"
+    if width == 3 or key not in start or start[key].dim() != 4 or start[key].shape[1] != 3:
+        return start
+    return sd15.widen_hint_input(start, width)
+
+
+def save_any_subset(weights, path, dtype, info) -> None:
+    from scg_models import formats
+
+    formats.save_any_subset_controlnet(weights, path, dtype=dtype, info={**info, "kind": formats.ANY_SUBSET})
+
+
+class SubsetTrainer(Trainer):
+    """:class:`Trainer` of an any-subset ControlNet: each sample's modules are drawn from the pool
+    ``modules`` by ``policy`` as a pure function of (seed, sample position); the input is the
+    hint of the kept modules (gains 1) and their presence mask, B x (3 + n_vector) x h x w."""
+
+    def __init__(self, *args, policy, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.policy = policy
+
+    def subsets_of(self, positions) -> list[list[int]]:
+        from scg_models.subsets import draw_subset
+
+        return [draw_subset(self.policy, self.modules, self.ae.groups, self.seed, int(p)) for p in positions]
+
+    @torch.no_grad()
+    def input_of(self, batch: dict) -> torch.Tensor:
+        from scg_models.subsets import subset_input
+
+        positions = batch.get("subset_position", batch["position"]).tolist()
+        with torch.autocast(self.device.type, enabled=False):
+            return subset_input(self.ae, batch["image"].to(self.device), self.subsets_of(positions)).float()
+
+    def sheet_input(self, images: torch.Tensor) -> torch.Tensor:
+        from scg_models.subsets import subset_input
+
+        return subset_input(self.ae, images.to(self.device), [self.modules] * images.shape[0])
+
+    @torch.no_grad()
+    def eval_loss(self, batch: dict) -> float:
+        """As :meth:`Trainer.eval_loss`; the k-th evaluation image always gets the subset of
+        position -1-k (the evaluation batch's positions are all 0)."""
+        fixed = dict(batch, subset_position=-1 - torch.arange(len(batch["position"])))
+        return super().eval_loss(fixed)
 
 
 def run(args) -> dict:

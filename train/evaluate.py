@@ -63,10 +63,13 @@ class Control:
     info: dict
 
 
-def controlnet_kind(state_dict: dict) -> str:
-    """Which input a ControlNet state dict (ComfyUI layout) takes: ``"per_group"`` (the SCG hint
-    of one module selection, 3 channels), today the only kind."""
-    return "per_group"
+def controlnet_kind(cn, path: str = "ControlNet") -> str:
+    """Which input a loaded ControlNet file (:class:`scg_models.formats.ControlNetFile`) takes:
+    ``"per_group"`` (the SCG hint of one module selection, 3 channels) or ``"any_subset"`` (the
+    hint of any selection plus its presence mask, 3 + n_vector channels; docs/any_subset.md)."""
+    from scg_models import formats
+
+    return formats.controlnet_kind(cn, path)
 
 
 def hint_input(control: Control, selection: str, images: torch.Tensor) -> torch.Tensor:
@@ -74,11 +77,18 @@ def hint_input(control: Control, selection: str, images: torch.Tensor) -> torch.
 
     images: B x 3 x H x W in [0, 1] at the generation size (latent x 8). For a per-group
     ControlNet: ``ae.hint(images, selection)``, B x 3 x h x w, raw (509 x 509 at 512), exactly
-    what the authors' ControlNet and this project's trainer and nodes feed the hint block.
+    what the authors' ControlNet and this project's trainer and nodes feed the hint block. For an
+    any-subset ControlNet: that hint followed by the selection's presence mask, B x (3 + n_vector)
+    x h x w (:func:`scg_models.subsets.subset_input`).
     """
+    p = next(control.ae.parameters())
     if control.kind == "per_group":
-        p = next(control.ae.parameters())
         return control.ae.hint(images.to(p.device), selection)
+    if control.kind == "any_subset":  # hint of the selection (gains 1) and its presence mask
+        from scg_models.subsets import subset_input
+
+        mods = control.ae.resolve_modules(selection)
+        return subset_input(control.ae, images.to(p.device), [mods] * images.shape[0])
     raise SCGError(f"--controlnet: {control.path}: no input is defined for ControlNets of kind {control.kind!r}")
 
 
@@ -111,6 +121,13 @@ def load_control(path: str, base, autoencoder: str | None, device, dtype) -> Con
         raise SCGError(f"--controlnet: {path} holds no SCG autoencoder; pass --autoencoder PATH (the one it was "
                        "trained with)")
     check_fits(cn.state_dict, base, path)
+    try:
+        kind = controlnet_kind(cn, path)
+    except SCGError as e:
+        raise SCGError(f"--controlnet: {e}") from None
+    if kind == "any_subset" and ae.n_vector != cn.autoencoder.n_vector:
+        raise SCGError(f"--autoencoder: has {ae.n_vector} modules; the any-subset ControlNet {path} was trained "
+                       f"for {cn.autoencoder.n_vector}")
     control = comfy.controlnet.load_controlnet_state_dict(dict(cn.state_dict), model_options={"dtype": dtype})
     if control is None:
         raise SCGError(f"--controlnet: ComfyUI could not build a ControlNet from {path}")
@@ -118,7 +135,7 @@ def load_control(path: str, base, autoencoder: str | None, device, dtype) -> Con
         info = json.loads(cn.metadata.get(formats.CONTROLNET_META_KEY, "{}"))
     except ValueError:
         info = {}
-    return Control(path, control, ae.to(device).eval(), controlnet_kind(cn.state_dict), info)
+    return Control(path, control, ae.to(device).eval(), kind, info)
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -199,12 +199,13 @@ def load_base(path, unet_dtype=torch.float32) -> Base:
 
 
 # --- the ControlNet ----------------------------------------------------------------------
-def controlnet_config(unet_config: dict, device=None, dtype=torch.float32) -> dict:
-    """``comfy.cldm.cldm.ControlNet`` kwargs for a base UNet config (as ComfyUI's loader builds it)."""
+def controlnet_config(unet_config: dict, device=None, dtype=torch.float32, hint_channels: int = 3) -> dict:
+    """``comfy.cldm.cldm.ControlNet`` kwargs for a base UNet config (as ComfyUI's loader builds it).
+    ``hint_channels``: 3 (an SCG hint), or 3 + n_vector for an any-subset ControlNet."""
     import comfy.ops
 
     cfg = {k: v for k, v in unet_config.items() if k not in ("out_channels", "dtype", "device", "operations")}
-    cfg.update(hint_channels=3, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init)
+    cfg.update(hint_channels=hint_channels, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init)
     return cfg
 
 
@@ -212,19 +213,21 @@ def controlnet_config(unet_config: dict, device=None, dtype=torch.float32) -> di
 NEW_PREFIXES = ("input_hint_block.", "zero_convs.", "middle_block_out.")
 
 
-def build_controlnet(base_or_config, device=None, seed: int = 0, init: bool = True) -> torch.nn.Module:
+def build_controlnet(base_or_config, device=None, seed: int = 0, init: bool = True,
+                     hint_channels: int = 3) -> torch.nn.Module:
     """A trainable fp32 ControlNet (ComfyUI's class) initialised from the base UNet's encoder.
 
     The hint block gets PyTorch's default initialisation (seeded) except its last
     convolution; that one, every zero convolution and ``middle_block_out`` start at zero, so
     the untrained ControlNet leaves the base model unchanged. ``base_or_config`` may be a
     :class:`Base` or a UNet config dict (``init`` is then ignored: weights stay uninitialised,
-    e.g. on the ``meta`` device).
+    e.g. on the ``meta`` device). ``hint_channels``: the hint block's input width (3 + n_vector for
+    an any-subset ControlNet: hint and presence mask).
     """
     import comfy.cldm.cldm
 
     config = base_or_config.unet_config if isinstance(base_or_config, Base) else base_or_config
-    cm = comfy.cldm.cldm.ControlNet(**controlnet_config(config, device=device))
+    cm = comfy.cldm.cldm.ControlNet(**controlnet_config(config, device=device, hint_channels=hint_channels))
     if not isinstance(base_or_config, Base) or not init:
         return cm
     missing, unexpected = cm.load_state_dict(base_or_config.unet.state_dict(), strict=False)
@@ -238,6 +241,21 @@ def build_controlnet(base_or_config, device=None, seed: int = 0, init: bool = Tr
             for p in m.parameters():
                 p.zero_()
     return cm
+
+
+def widen_hint_input(state_dict: dict, channels: int) -> dict:
+    """A ControlNet state dict whose hint block takes ``channels`` inputs: a per-group ControlNet
+    (3-channel hint block) becomes the start of an any-subset one. The extra input weights are
+    zero, so the widened ControlNet computes exactly what the per-group one did whatever the
+    presence mask says; training then learns to use the mask."""
+    key = "input_hint_block.0.weight"
+    w = state_dict[key]
+    if w.shape[1] == channels:
+        return dict(state_dict)
+    if w.shape[1] > channels:
+        raise SCGError(f"{key}: takes {w.shape[1]} channels, cannot narrow it to {channels}")
+    extra = w.new_zeros(w.shape[0], channels - w.shape[1], *w.shape[2:])
+    return {**state_dict, key: torch.cat([w, extra], dim=1)}
 
 
 def hint_block_size(hint_hw: tuple[int, int], cm: torch.nn.Module) -> tuple[int, int]:
@@ -373,4 +391,4 @@ def sample(base: Base, controlnet: torch.nn.Module, images: torch.Tensor, hint_f
 
 __all__ = ["Base", "NotSD15Error", "build_controlnet", "check_sd15_state_dict", "disable_checkpointing",
            "enable_checkpointing", "encode_images", "encode_text", "find_comfyui", "hint_block_size", "import_comfy",
-           "init_weights", "load_base", "predict_noise", "sample"]
+           "init_weights", "load_base", "predict_noise", "sample", "widen_hint_input"]
