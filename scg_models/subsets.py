@@ -9,13 +9,14 @@ absent" (mask 0) from "module present but quiet" (mask 1, small hint contributio
 Training draws one subset per sample (:func:`draw_subset`). The draw is a pure function of
 ``(seed, position)``, where ``position`` is the sample's global index in the run's sample stream
 (``step``, ``rank`` and the index in the batch all go into it), so a resumed run and a run on
-W processes draw exactly the subsets one process draws. Pure PyTorch.
+W processes draw exactly the subsets one process draws. PyTorch and NumPy only.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from .errors import SCGError
@@ -31,8 +32,9 @@ class SubsetPolicy:
     """How a training sample's module subset is drawn.
 
     ``p_none``: probability of the empty subset (hint all zeros, mask all zeros: "no
-    control"); ``p_group``: probability of a group-level draw (k groups, k uniform in 1..G,
-    a uniformly random k-subset of the G groups, their modules united); otherwise (probability
+    control"); ``p_group``: probability of a group-level draw (k groups: k = 1 with probability
+    1/2, else k uniform in 2..G; a uniformly random k-subset of the G groups, their modules
+    united; single groups, the common use, are half of these draws); otherwise (probability
     ``1 - p_none - p_group``) a module-level draw (k modules, k uniform in 1..M, a uniformly
     random k-subset of the M modules of the pool).
     """
@@ -55,15 +57,18 @@ class SubsetPolicy:
         return asdict(self)
 
 
-def subset_generator(seed: int, position: int) -> torch.Generator:
-    """The RNG of the subset of one sample position: depends only on (seed, position)."""
-    key = ((int(seed) % 2**31) * 2**32 + (int(position) % 2**32)) ^ _SALT
-    return torch.Generator().manual_seed(key)
+def subset_generator(seed: int, position: int) -> np.random.Generator:
+    """The RNG of the subset of one sample position: depends only on (seed, position), with the
+    full entropy of both (a torch CPU generator would keep only 32 bits of its seed)."""
+    return np.random.default_rng([_SALT, int(seed) % 2**64, int(position) % 2**64])
 
 
-def _pick(items: Sequence, g: torch.Generator) -> list:
-    k = int(torch.randint(1, len(items) + 1, (1,), generator=g))
-    return [items[i] for i in sorted(torch.randperm(len(items), generator=g)[:k].tolist())]
+def _pick(items: Sequence, g: np.random.Generator, single: float = 0.0) -> list:
+    """A random non-empty subset of ``items``: one item with probability ``single``, else k uniform in
+    (1 or 2)..len(items) items."""
+    one = g.random() < single or len(items) == 1
+    k = 1 if one else int(g.integers(2 if single > 0 else 1, len(items) + 1))
+    return [items[i] for i in sorted(g.permutation(len(items))[:k].tolist())]
 
 
 def draw_subset(policy: SubsetPolicy, pool: Sequence[int], groups: Mapping[str, Sequence[int]], seed: int,
@@ -74,13 +79,13 @@ def draw_subset(policy: SubsetPolicy, pool: Sequence[int], groups: Mapping[str, 
     wholly inside the pool are drawn at group level; with none, group draws become module draws).
     """
     g = subset_generator(seed, position)
-    u = float(torch.rand((), generator=g))
+    u = float(g.random())
     if u < policy.p_none or not pool:
         return []
     pool = sorted(int(m) for m in pool)
     inside = [sorted(set(int(m) for m in mods)) for mods in groups.values() if set(mods) <= set(pool) and mods]
     if u < policy.p_none + policy.p_group and inside:
-        return sorted({m for mods in _pick(inside, g) for m in mods})
+        return sorted({m for mods in _pick(inside, g, single=0.5) for m in mods})
     return sorted(_pick(pool, g))
 
 
