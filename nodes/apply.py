@@ -6,13 +6,14 @@ import nodes as comfy_nodes  # ComfyUI's nodes.py (this package's own folder is 
 from comfy_api.latest import io
 
 from ..scg_models import SCGError
-from .common import (CATEGORY, GAINS_TOOLTIP, MODULES_TOOLTIP, HintSource, ScgAutoencoderType,
-                     image_to_nchw, resolve_selection)
+from . import subset
+from .common import CATEGORY, GAINS_TOOLTIP, MODULES_TOOLTIP, ScgAutoencoderType, image_to_nchw, resolve_selection
 from .scg_controlnet import ExactHintModel, SCGControlNet, compute_dtype
 
 
-def check_control_net(control_net) -> None:
-    """A ControlNet SCG can drive: core's image-hint ControlNet with 3 hint channels, no latent input."""
+def check_control_net(control_net, ae=None) -> None:
+    """A ControlNet SCG can drive: core's image-hint ControlNet with 3 hint channels (or, with the
+    autoencoder ``ae``, an any-subset one: 3 + its module count), no latent input."""
     if not isinstance(control_net, comfy.controlnet.ControlNet) or isinstance(control_net, comfy.controlnet.ControlLora):
         raise SCGError(f"control_net: SCG needs an image ControlNet (SD1.5 layout); got {type(control_net).__name__}. "
                        "Load it with 'Load SCG ControlNet' or 'Load ControlNet Model'.")
@@ -24,8 +25,9 @@ def check_control_net(control_net) -> None:
         raise SCGError("control_net: this ControlNet takes a latent, not an image hint; SCG needs an SD1.5 "
                        "image ControlNet")
     channels = getattr(block[0], "in_channels", None)
-    if channels != 3:
-        raise SCGError(f"control_net: its hint block takes {channels} channels; the SCG hint has 3")
+    if channels != 3 and not (ae is not None and subset.is_any_subset(control_net, ae)):
+        wide = f" (an any-subset ControlNet for {ae.n_vector} modules takes {ae.n_vector + 3})" if ae is not None else ""
+        raise SCGError(f"control_net: its hint block takes {channels} channels; the SCG hint has 3{wide}")
     if getattr(model, "num_classes", None) is not None:
         raise SCGError("control_net: this is an SDXL-type ControlNet (it needs a pooled 'y' input); "
                        "SCG needs an SD1.5 ControlNet")
@@ -77,11 +79,11 @@ class SCGControlApply(io.ComfyNode):
         if scg_autoencoder is None or not hasattr(scg_autoencoder, "patcher"):
             raise SCGError("scg_autoencoder: connect an SCG autoencoder ('Load SCG Autoencoder' or the second "
                            "output of 'Load SCG ControlNet')")
-        check_control_net(control_net)
         ae = scg_autoencoder.ae
+        check_control_net(control_net, ae)
         images = ae.check_images(image_to_nchw(image, "image"), "image")
         mods, gain_list = resolve_selection(ae, modules, gains)
-        source = HintSource(scg_autoencoder, mods, gain_list, compute_dtype(control_net))
+        source = subset.hint_source(control_net, scg_autoencoder, mods, gain_list, compute_dtype(control_net))
         scg_net = SCGControlNet.wrap(control_net, source)
         # core's own apply: one copy per previous ControlNet, chaining, control_apply_to_uncond
         pos, neg = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(

@@ -8,8 +8,8 @@ import comfy.model_detection
 import folder_paths
 from comfy_api.latest import io
 
-from ..scg_models import SCGError, load_autoencoder
-from ..scg_models import formats
+from ..scg_models import SCGError, formats, load_autoencoder
+from . import subset
 from .common import LOADER_CATEGORY, MODEL_FOLDER, SHIPPED_MODEL, SCGAutoencoder, ScgAutoencoderType
 
 
@@ -123,4 +123,8 @@ class LoadSCGControlNet(io.ComfyNode):
         control = comfy.controlnet.load_controlnet_state_dict(cn.state_dict)
         if control is None:
             raise SCGError(f"control_net_name: ComfyUI could not build a ControlNet from {control_net_name!r}")
+        try:
+            subset.remember_trained(control, cn, control_net_name)  # any-subset or per-group (and its modules)
+        except SCGError as e:
+            raise SCGError(f"control_net_name: {e}") from None
         return io.NodeOutput(control, SCGAutoencoder(cn.autoencoder, control_net_name))
