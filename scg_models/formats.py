@@ -280,8 +280,7 @@ def load_controlnet_file(path) -> ControlNetFile:
     return ControlNetFile(sd, ae, dict(raw.metadata))
 
 
-def save_controlnet(cn: ControlNetFile, path, dtype: torch.dtype | None = None, info: dict | None = None,
-                    extra_metadata: dict[str, str] | None = None) -> None:
+def save_controlnet(cn: ControlNetFile, path, dtype: torch.dtype | None = None, info: dict | None = None) -> None:
     """Write a converted ControlNet (optionally cast), with its autoencoder embedded, atomically."""
     if dtype is not None and dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise SCGError(f"dtype: {dtype} is not fp16, bf16 or fp32")
@@ -290,36 +289,49 @@ def save_controlnet(cn: ControlNetFile, path, dtype: torch.dtype | None = None, 
     if cn.autoencoder is not None:
         tensors.update({AE_PREFIX + k: v.float() for k, v in cn.autoencoder.state_dict().items()})
         meta.update(autoencoder_metadata(cn.autoencoder))
-    _atomic_save(tensors, path, {**meta, **(extra_metadata or {})})
+    _atomic_save(tensors, path, meta)
 
 
 # --- the any-subset SCG ControlNet -------------------------------------------------------
-#: metadata key marking an any-subset ControlNet file (value: JSON with ``kind`` and ``n_vector``)
-ANY_SUBSET_META_KEY = "scg_any_subset"
+#: the marker of an any-subset ControlNet file: this key in the JSON of the ``scg_controlnet``
+#: metadata (:data:`CONTROLNET_META_KEY`), holding ``{"n_vector": N, "version": 1, ...}``
+ANY_SUBSET_META_KEY = "any_subset"
 ANY_SUBSET = "any_subset"
 PER_GROUP = "per_group"
 
 
+def _any_subset_marker(cn: ControlNetFile):
+    """The marker's value, or None when the file has none (the ``scg_controlnet`` JSON may be absent
+    or not an object: then there is no marker)."""
+    try:
+        info = json.loads(cn.metadata.get(CONTROLNET_META_KEY, "{}"))
+    except ValueError:
+        return None
+    return info.get(ANY_SUBSET_META_KEY) if isinstance(info, dict) else None
+
+
 def controlnet_kind(cn: ControlNetFile, path: str = "ControlNet") -> str:
     """``"per_group"`` (a 3-channel hint block: the authors' files and ours) or ``"any_subset"``
-    (hint block input 3 + n_vector and the :data:`ANY_SUBSET_META_KEY` marker). Anything in
+    (hint block input 3 + n_vector and the :data:`ANY_SUBSET_META_KEY` marker in the
+    ``scg_controlnet`` metadata). Anything in
     between (a wide hint block without the marker, or the marker on a file whose widths do not
     fit its autoencoder) is a :class:`CheckpointError`."""
     from .subsets import input_channels
 
     weight = cn.state_dict.get("input_hint_block.0.weight")
     width = int(weight.shape[1]) if weight is not None and weight.dim() == 4 else None
-    marked = ANY_SUBSET_META_KEY in cn.metadata
+    marker = _any_subset_marker(cn)
+    marked = marker is not None
     if width == 3 and not marked:
         return PER_GROUP
     if not marked:
         raise CheckpointError(f"{path}: its hint block takes {width} channels; an SCG ControlNet takes 3 (one "
                               f"module selection) or is an any-subset file marked with {ANY_SUBSET_META_KEY!r}")
     try:
-        meta = json.loads(cn.metadata[ANY_SUBSET_META_KEY])
-        n_vector = int(meta["n_vector"])
+        n_vector = int(marker["n_vector"])
     except (ValueError, TypeError, KeyError):
-        raise CheckpointError(f"{path}: bad {ANY_SUBSET_META_KEY} metadata (expected JSON with n_vector)") from None
+        raise CheckpointError(f"{path}: bad {ANY_SUBSET_META_KEY!r} marker in its {CONTROLNET_META_KEY} metadata "
+                              "(expected an object with n_vector)") from None
     if cn.autoencoder is None:
         raise CheckpointError(f"{path}: an any-subset ControlNet without its autoencoder")
     if n_vector != cn.autoencoder.n_vector or width != input_channels(n_vector):
@@ -341,6 +353,5 @@ def save_any_subset_controlnet(cn: ControlNetFile, path, dtype: torch.dtype | No
     n = cn.autoencoder.n_vector
     if width != input_channels(n):
         raise SCGError(f"any-subset ControlNet: hint block takes {width} channels, expected {input_channels(n)}")
-    marker = {ANY_SUBSET_META_KEY: json.dumps({"kind": ANY_SUBSET, "n_vector": n, "version": 1,
-                                               "input": "SCG hint (3 channels) then a presence mask (1 per module)"})}
-    save_controlnet(cn, path, dtype=dtype, info=info, extra_metadata=marker)
+    marker = {"n_vector": n, "version": 1, "input": "SCG hint (3 channels) then a presence mask (1 per module)"}
+    save_controlnet(cn, path, dtype=dtype, info={**(info or {}), ANY_SUBSET_META_KEY: marker})
