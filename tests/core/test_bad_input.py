@@ -8,8 +8,8 @@ import torch
 
 import scg_models
 from scg_models import AutoencoderConfig, CheckpointError, ModularAutoencoder, SCGError, formats
-from authors_files import AE_KEYS, ae_factors, save_authors_pth
-from helpers import images, random_ae
+from scg_testing.authors_files import ae_factors, save_authors_pth
+from scg_testing.core import images, random_ae
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,7 +117,7 @@ def test_truncated_unknown_and_foreign_files(tmp_path):
 
 
 def test_gonlin_mismatch_between_arg_and_weights(tmp_path):
-    from authors_files import authors_arg
+    from scg_testing.authors_files import authors_arg
 
     save_authors_pth(tmp_path / "m.pth", ae_factors(), authors_arg(gonlin="Vanilla_2layer"))
     with pytest.raises(CheckpointError, match="arg.gonlin is 'Vanilla_2layer'"):
@@ -139,8 +139,8 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_cli_extract_and_errors(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     model = tmp_path / "ae.safetensors"
     scg_models.save_autoencoder(random_ae(), model)

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from scg_models import AUTHORS_MEAN, AUTHORS_STD
-from reference import measured_kernel, reference_hint
-from helpers import images, random_ae
+from scg_testing.core import images, random_ae
+from scg_testing.reference import measured_kernel, reference_hint
 
 CASCADED = ["Bipolar", "Bipolar_ks3", "Bipolar_1x1", "Vanilla_2layer", "Vanilla_2layer_nogroup"]
 

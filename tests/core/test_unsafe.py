@@ -8,7 +8,7 @@ import torch
 
 import scg_models
 from scg_models import UnsafeCheckpointError, formats
-from authors_files import ae_factors
+from scg_testing.authors_files import ae_factors
 
 
 class _RunsCode:
@@ -80,7 +80,7 @@ def test_lightning_objects_are_inert(tmp_path):
     path = tmp_path / "x.pth"
     try:
         sd = {"lgn_ende.0.conv." + k: v for k, v in ae_factors().items()}
-        from authors_files import authors_arg
+        from scg_testing.authors_files import authors_arg
 
         torch.save({"arg": authors_arg(), "state_dict": sd, "hparams": DictConfig(lr=1e-5)}, path)
     finally:
