@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from .autoencoder import AutoencoderConfig, ModularAutoencoder
 from .errors import CheckpointError, SCGError
-from .safe_pickle import safe_torch_load
+from .safe_pickle import safe_load
 
 META_KEY = "scg_autoencoder"
 CONTROLNET_META_KEY = "scg_controlnet"
@@ -79,7 +79,7 @@ def read_file(path: str) -> RawFile:
             return RawFile(load_file(path), dict(meta))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: corrupt safetensors file ({e})") from None
-    obj = safe_torch_load(path)
+    obj = safe_load(path)
     arg = None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         arg = obj.get("arg")
