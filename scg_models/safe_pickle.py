@@ -599,8 +599,8 @@ class _Reader:
                 "environment.")
         total = sum(numel * _itemsize(dtype) for dtype, numel in self.storages.values())
         if total > storage_bytes_available:
-            raise UnsafeCheckpointError(f"{self.path}: refused: its storages declare {total} bytes, "
-                                        f"the file holds {storage_bytes_available}")
+            raise CheckpointError(f"{self.path}: truncated or forged: its storages declare {total} bytes, "
+                                  f"the file holds {storage_bytes_available}")
         views = sum(s.view_bytes for s in scans)
         if views > VIEW_FACTOR * total + (1 << 20):
             raise UnsafeCheckpointError(f"{self.path}: refused: its tensors address {views} bytes of "

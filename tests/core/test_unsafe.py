@@ -1,14 +1,21 @@
 """Pickles are untrusted: a file that tries to run code on load is refused and nothing runs."""
 import os
+import re
+import subprocess
 import sys
+import time
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
 import scg_models
-from scg_models import UnsafeCheckpointError, formats
-from scg_testing.authors_files import ae_factors
+from scg_models import CheckpointError, UnsafeCheckpointError, formats, safe_pickle
+from scg_testing import hostile
+from scg_testing.authors_files import ae_factors, authors_arg
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _RunsCode:
@@ -87,3 +94,114 @@ def test_lightning_objects_are_inert(tmp_path):
         del sys.modules["omegaconf"]
     ae = scg_models.load_autoencoder(path)
     assert ae.n_vector == 16
+
+
+# --- bounded before anything is built (issue 10, item 1) ----------------------------------
+def _cli_convert(path, tmp_path, timeout=120):
+    """``python -m scg_models convert FILE``: the exit status, stderr, and whether a signal killed it."""
+    out = tmp_path / "out.safetensors"
+    r = subprocess.run([sys.executable, "-m", "scg_models", "convert", str(path), "--autoencoder", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert not out.exists()
+    return r
+
+
+@pytest.mark.parametrize("attack,match", [
+    ("deep_tuple_key", "nested deeper than 256"),
+    ("memo_shared_key", "tuple expands to more than|tuple key of"),
+    ("deep_list", "nested deeper than 256"),
+])
+def test_crashing_pickle_is_a_clean_error_in_a_subprocess(tmp_path, attack, match):
+    """Attacks that segfault or freeze an unbounded loader end in the CLI's error exit (2) with a
+    message: never a signal (negative code), a hang (timeout) or a traceback."""
+    path = hostile.ATTACKS[attack](tmp_path / f"{attack}.ckpt")
+    assert path.stat().st_size < 1_100_000
+    r = _cli_convert(path, tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert re.search(match, r.stderr) and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("attack,error,match", [
+    ("stride0_view", UnsafeCheckpointError, "stride 0"),
+    ("overlapping_view", UnsafeCheckpointError, "overlapping strides"),
+    ("view_past_end", UnsafeCheckpointError, "needs 1073741824 elements, its storage holds 64"),
+    ("storage_bomb", CheckpointError, "storage '0' holds 64 bytes, the pickle says 1099511627776"),
+    ("unknown_globals", UnsafeCheckpointError, "evil_module_0"),
+])
+def test_hostile_pickle_is_refused(tmp_path, attack, error, match):
+    path = hostile.ATTACKS[attack](tmp_path / f"{attack}.ckpt")
+    with pytest.raises(error, match=match):
+        scg_models.load_autoencoder(path)
+
+
+def test_amplifying_views_are_refused_in_process(tmp_path):
+    for kind, match in [("stride0", "stride 0"), ("overlap", "overlapping strides")]:
+        path = hostile.strided_view(tmp_path / f"{kind}.ckpt", kind)
+        assert path.stat().st_size < 2048
+        with pytest.raises(UnsafeCheckpointError, match=match):
+            safe_pickle.safe_load(str(path))
+
+
+def test_memo_shared_key_is_refused_quickly(tmp_path):
+    path = hostile.memo_shared_key(tmp_path / "m.ckpt", levels=80)
+    assert path.stat().st_size < 2048
+    t0 = time.perf_counter()
+    with pytest.raises(UnsafeCheckpointError):
+        safe_pickle.safe_load(str(path))
+    assert time.perf_counter() - t0 < 5  # a bound on a hang, not a speed claim
+
+
+def test_unknown_globals_are_collected_in_one_read(tmp_path, monkeypatch):
+    """200 unknown globals: the file is opened once and every name is reported together."""
+    path = hostile.unknown_globals(tmp_path / "g.ckpt", n=200)
+    opened = []
+    real_open = open
+
+    def counting_open(file, *a, **k):
+        opened.append(file)
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(safe_pickle, "open", counting_open, raising=False)
+    with pytest.raises(UnsafeCheckpointError, match=r"'evil_module_0.payload'.*and 192 more") as e:
+        safe_pickle.safe_load(str(path))
+    assert opened == [str(path)], opened
+    assert "evil_module_199" not in str(e.value)  # listed by count, not all printed
+
+
+@pytest.mark.parametrize("module,name", [("os", "system"), ("posix", "system"), ("builtins", "eval"),
+                                         ("builtins", "exec"), ("subprocess", "call"), ("builtins", "getattr")])
+def test_planted_calls_never_run(tmp_path, module, name):
+    marker = tmp_path / "pwned"
+    arg = f"touch {marker}" if name in ("system", "call") else f"open({str(marker)!r}, 'w')"
+    path = hostile.planted_call(tmp_path / "evil.ckpt", module, name, arg)
+    with pytest.raises(UnsafeCheckpointError, match=f"{module}.{name}"):
+        scg_models.load_autoencoder(path)
+    assert not marker.exists()
+
+
+def test_legacy_format_loads_and_is_bounded_too(tmp_path):
+    sd = {"lgn_ende.0.conv." + k: v for k, v in ae_factors().items()}
+    path = tmp_path / "legacy.pth"
+    torch.save({"arg": authors_arg(), "state_dict": sd}, path, _use_new_zipfile_serialization=False)
+    ae = scg_models.load_autoencoder(path)
+    assert torch.equal(ae.gonlin.c2.weight, sd["lgn_ende.0.conv.c2.weight"])
+    evil = tmp_path / "evil_legacy.pth"
+    torch.save({"arg": _RunsCode(os.system, "true"), "state_dict": sd}, evil, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeCheckpointError, match="system"):
+        scg_models.load_autoencoder(evil)
+    data = path.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        scg_models.load_autoencoder(tmp_path / "cut.pth")
+
+
+def test_shared_storages_and_views_load_as_saved(tmp_path):
+    """Tied weights and views of one storage (legitimate) keep their values and sharing."""
+    base = torch.randn(4, 6)
+    sd = {"a": base, "b": base[1], "c": base.t(), "d": base[:, ::2]}
+    path = tmp_path / "views.ckpt"
+    torch.save({"state_dict": sd}, path)
+    got = safe_pickle.safe_load(str(path))["state_dict"]
+    for k, v in sd.items():
+        assert torch.equal(got[k], v), k
+    assert got["b"].data_ptr() == got["a"][1].data_ptr()

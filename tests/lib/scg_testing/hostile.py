@@ -1,0 +1,140 @@
+"""Builders of hostile checkpoint files, assembled from pickle opcodes (small, no download).
+
+Each builder writes one file in PyTorch's zip layout (``archive/data.pkl`` + ``archive/data/<key>``)
+and returns its path. They reproduce the attacks of issue 10: nesting that crashes the
+interpreter, memo-shared tuples whose hash never ends, hundreds of unknown globals, views that
+amplify a tiny storage, storages bigger than the file.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+P = pickle  # opcode constants: P.MARK, P.TUPLE1, ...
+
+
+def unicode(s: str) -> bytes:
+    b = s.encode()
+    return P.BINUNICODE + struct.pack("<I", len(b)) + b
+
+
+def integer(n: int) -> bytes:
+    if 0 <= n < 1 << 31:
+        return P.BININT + struct.pack("<i", n)
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return P.LONG1 + bytes([len(raw)]) + raw
+
+
+def glob(module: str, name: str) -> bytes:
+    return P.GLOBAL + f"{module}\n{name}\n".encode()
+
+
+def put(i: int) -> bytes:
+    return P.LONG_BINPUT + struct.pack("<I", i)
+
+
+def get(i: int) -> bytes:
+    return P.LONG_BINGET + struct.pack("<I", i)
+
+
+def ints_tuple(values) -> bytes:
+    return P.MARK + b"".join(integer(v) for v in values) + P.TUPLE
+
+
+def tensor(key: str, storage: str, numel: int, size, stride, offset: int = 0) -> bytes:
+    """``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())``."""
+    pid = P.MARK + unicode("storage") + glob("torch", storage) + unicode(key) + unicode("cpu") + integer(numel) + P.TUPLE
+    return (glob("torch._utils", "_rebuild_tensor_v2") + P.MARK + pid + P.BINPERSID + integer(offset)
+            + ints_tuple(size) + ints_tuple(stride) + P.NEWFALSE + glob("collections", "OrderedDict")
+            + P.EMPTY_TUPLE + P.REDUCE + P.TUPLE + P.REDUCE)
+
+
+def state_dict(entries: list[tuple[str, bytes]]) -> bytes:
+    """``{"state_dict": {name: <value opcodes>, ...}}`` as a whole pickle."""
+    body = b"".join(unicode(k) + v for k, v in entries)
+    return P.PROTO + b"\x02" + P.EMPTY_DICT + unicode("state_dict") + P.EMPTY_DICT + P.MARK + body + P.SETITEMS \
+        + P.SETITEM + P.STOP
+
+
+def write_archive(path, data_pkl: bytes, storages: dict[str, bytes] | None = None) -> Path:
+    """A file in PyTorch's zip layout around ``data_pkl`` (members stored, as torch writes them)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", data_pkl)
+        zf.writestr("archive/byteorder", "little")
+        for key, blob in (storages or {}).items():
+            zf.writestr(f"archive/data/{key}", blob)
+        zf.writestr("archive/version", "3\n")
+    Path(path).write_bytes(buf.getvalue())
+    return Path(path)
+
+
+# --- the attacks -------------------------------------------------------------------------
+def deep_tuple_key(path, levels: int = 1_000_000) -> Path:
+    """A dict whose key is a tuple nested ``levels`` deep (about 1 byte per level).
+
+    Hashing it recurses in C without a guard: a segfault in an unbounded loader.
+    """
+    key = P.NONE + P.TUPLE1 * levels
+    return write_archive(path, P.PROTO + b"\x02" + P.EMPTY_DICT + key + P.NONE + P.SETITEM + P.STOP)
+
+
+def memo_shared_key(path, levels: int = 80) -> Path:
+    """``t_{i+1} = (t_i, t_i)`` through the memo, ``levels`` deep, used as a dict key (~2 KB).
+
+    Its hash visits 2**levels leaves: an unbounded loader freezes.
+    """
+    levels_ = P.NONE + put(0) + b"".join(get(i) + get(i) + P.TUPLE2 + put(i + 1) for i in range(levels))
+    # the levels are built inside a list (an entry "levels"), then the last one is the key of a second entry
+    body = unicode("levels") + P.EMPTY_LIST + P.MARK + levels_ + P.APPENDS + P.SETITEM + get(levels) + P.NONE + P.SETITEM
+    return write_archive(path, P.PROTO + b"\x02" + P.EMPTY_DICT + body + P.STOP)
+
+
+def deep_list(path, levels: int = 100_000) -> Path:
+    """Lists nested ``levels`` deep (not hashed, but deeper than any checkpoint needs)."""
+    body = P.MARK * levels + P.EMPTY_LIST + P.LIST * levels
+    return write_archive(path, P.PROTO + b"\x02" + body + P.STOP)
+
+
+def unknown_globals(path, n: int = 200) -> Path:
+    """A state dict with ``n`` entries, each built by calling a different unknown global."""
+    entries = [(f"w{i}", glob(f"evil_module_{i}", "payload") + P.EMPTY_TUPLE + P.REDUCE) for i in range(n)]
+    return write_archive(path, state_dict(entries))
+
+
+def strided_view(path, kind: str) -> Path:
+    """A ~1 KB file whose one tensor is a 1 GiB view of a few stored bytes.
+
+    ``kind``: ``"stride0"`` (every element the same byte), ``"overlap"`` (six dims of 32 over 187 bytes,
+    all strides 1), ``"past_end"`` (a view past the end of its storage) or ``"storage_bomb"`` (a
+    storage declared 1 TiB in a small file).
+    """
+    size, stride, numel, blob = {
+        "stride0": ((1 << 15, 1 << 15), (0, 0), 4, bytes(4)),
+        "overlap": ((32,) * 6, (1,) * 6, 187, bytes(187)),
+        "past_end": ((1 << 15, 1 << 15), (1 << 15, 1), 64, bytes(64)),
+        "storage_bomb": ((1 << 20,), (1,), 1 << 40, bytes(64)),
+    }[kind]
+    pkl = state_dict([("gonlin.c2.weight", tensor("0", "ByteStorage", numel, size, stride))])
+    return write_archive(path, pkl, {"0": blob})
+
+
+def planted_call(path, module: str, name: str, *args: str) -> Path:
+    """A state dict entry built by ``module.name(*args)`` (strings): a code-running pickle."""
+    call = glob(module, name) + P.MARK + b"".join(unicode(a) for a in args) + P.TUPLE + P.REDUCE
+    return write_archive(path, state_dict([("w", call)]))
+
+
+ATTACKS = {
+    "deep_tuple_key": deep_tuple_key,
+    "memo_shared_key": memo_shared_key,
+    "deep_list": deep_list,
+    "unknown_globals": unknown_globals,
+    "stride0_view": lambda p: strided_view(p, "stride0"),
+    "overlapping_view": lambda p: strided_view(p, "overlap"),
+    "view_past_end": lambda p: strided_view(p, "past_end"),
+    "storage_bomb": lambda p: strided_view(p, "storage_bomb"),
+}
