@@ -20,6 +20,7 @@ in memory (the file is opened once):
 """
 from __future__ import annotations
 
+import _compat_pickle
 import argparse
 import codecs
 import collections
@@ -114,8 +115,11 @@ _SPECIAL = _REBUILD | {"collections.OrderedDict", "collections.defaultdict", "_c
 
 
 def _normal_name(module: str, name: str) -> str:
-    if module == "__builtin__":
-        module = "builtins"
+    """``module.name`` with Python 2 names mapped as pickle's ``fix_imports`` does (``__builtin__.long``...)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    else:
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
     return f"{module}.{name}"
 
 

@@ -13,7 +13,7 @@ import torch
 import scg_models
 from scg_models import CheckpointError, UnsafeCheckpointError, formats, safe_pickle
 from scg_testing import hostile
-from scg_testing.authors_files import ae_factors, authors_arg
+from scg_testing.authors_files import ae_factors, authors_arg, save_authors_ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -205,3 +205,46 @@ def test_shared_storages_and_views_load_as_saved(tmp_path):
     for k, v in sd.items():
         assert torch.equal(got[k], v), k
     assert got["b"].data_ptr() == got["a"][1].data_ptr()
+
+
+# --- legitimate Lightning checkpoints (issue 10, item 2) -----------------------------------
+def test_lightning_checkpoint_loads_with_inert_stand_ins(tmp_path):
+    """hyper_parameters, callbacks and optimizer state of a Lightning .ckpt load as data; nothing runs."""
+    path = tmp_path / "last.ckpt"
+    save_authors_ckpt(path, ae_factors())
+    ckpt = safe_pickle.safe_load(str(path))
+    hp = ckpt["hyper_parameters"]
+    config = hp["config"]
+    assert isinstance(config, safe_pickle.InertObject) and config._qualname == "omegaconf.dictconfig.DictConfig"
+    content = config.state["_content"]
+    assert content["learning_rate"].state["_val"] == 1e-5
+    assert content["hint_channels"]._qualname == "omegaconf.listconfig.ListConfig"
+    assert hp["tags"] == {"scg", "hc3"} and hp["frozen"] == frozenset({1, 2}) and hp["sizes"] == (512, 512)
+    assert type(hp["counts"]) is dict and hp["counts"] == {"a": 1}  # a defaultdict's factory is never kept
+    assert list(hp["order"].items()) == [("b", 2), ("a", 1)] and hp["type"] is int
+    assert hp["mean"]._qualname.startswith("numpy.") and isinstance(hp["mean"], safe_pickle.InertObject)
+    callbacks = ckpt["callbacks"]
+    class_key = next(k for k in callbacks if not isinstance(k, str))
+    assert issubclass(class_key, safe_pickle.InertObject)
+    assert class_key._qualname == "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
+    assert callbacks[class_key]["last_model_path"] == "/etc/passwd"  # a stored path is data, never used
+    assert torch.equal(callbacks[class_key]["best_model_score"], torch.tensor(0.1))
+    assert ckpt["optimizer_states"][0]["state"][0]["step"]._qualname.startswith("numpy.")
+    assert scg_models.load_autoencoder(path).n_vector == 16
+    assert formats.load_controlnet_file(path).autoencoder is not None
+
+
+def test_lightning_checkpoint_loads_where_torch_has_other_safe_globals(tmp_path):
+    """A host that registers its own classes with torch (as ComfyUI does) changes nothing for us."""
+    path = tmp_path / "last.ckpt"
+    save_authors_ckpt(path, ae_factors())
+
+    class ModelCheckpoint:
+        def __setstate__(self, state):
+            raise AssertionError("the host's class was used")
+
+    ModelCheckpoint.__module__ = "pytorch_lightning.callbacks.model_checkpoint"
+    with torch.serialization.safe_globals([ModelCheckpoint]):
+        ckpt = safe_pickle.safe_load(str(path))
+    key = next(k for k in ckpt["callbacks"] if not isinstance(k, str))
+    assert key is not ModelCheckpoint and issubclass(key, safe_pickle.InertObject)

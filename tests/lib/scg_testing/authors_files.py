@@ -79,17 +79,77 @@ def save_authors_ckpt(path, factors, controlnet=None, lightning_junk=True):
     sd["first_stage_model.encoder.conv_in.weight"] = torch.randn(8, 3, 3, 3)
     sd["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
     ckpt = {"state_dict": sd}
-    if lightning_junk:
-        ckpt_cls = _fake_class("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint")
-        dict_cls = _fake_class("omegaconf.dictconfig", "DictConfig")
-        ckpt.update({
-            "epoch": 4, "global_step": 147860, "pytorch-lightning_version": "1.5.0",
-            "callbacks": {ckpt_cls: {"best_model_score": torch.tensor(0.1), "monitor": None}},
-            "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-5}]}],
-            "lr_schedulers": [],
-            "hyper_parameters": {"config": dict_cls(learning_rate=1e-5, sd_locked=True)},
-            "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 4}}}},
-        })
-    torch.save(ckpt, path)
+    try:
+        if lightning_junk:
+            ckpt.update(lightning_extras())
+        torch.save(ckpt, path)
+    finally:
+        forget_planted()  # the loader must not see them: nothing here is importable at load time
+
+
+class _Tripwire:
+    """A class planted under a real library's name while a file is written: using it at load time fails."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    def __setstate__(self, state):
+        raise AssertionError(f"the real {type(self).__module__}.{type(self).__qualname__} was used")
+
+
+def _tripwire_class(module: str, name: str):
+    cls = _fake_class(module, name)
+    cls.__setstate__ = _Tripwire.__setstate__
+    return cls
+
+
+def lightning_extras():
+    """What PyTorch Lightning adds around the state dict, with the real module and class names.
+
+    omegaconf ``DictConfig``/``ListConfig`` (with ``ContainerMetadata``, ``AnyNode`` and
+    ``typing.Any``), ``builtins`` dict/list/set/frozenset/tuple/int values, ``collections``
+    ``OrderedDict``/``defaultdict``, the ``ModelCheckpoint`` callback (as a key, old style, and its
+    state under a string key, new style), numpy scalars and arrays. Call :func:`forget_planted`
+    after saving.
+    """
+    import collections
+    import typing
+
+    import numpy as np
+
+    dict_config = _tripwire_class("omegaconf.dictconfig", "DictConfig")
+    list_config = _tripwire_class("omegaconf.listconfig", "ListConfig")
+    metadata = _tripwire_class("omegaconf.base", "ContainerMetadata")
+    any_node = _tripwire_class("omegaconf.nodes", "AnyNode")
+    model_checkpoint = _tripwire_class("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint")
+
+    def node(v):
+        return any_node(_val=v, _metadata=metadata(ref_type=typing.Any, object_type=None, optional=True, key=None))
+
+    hparams = dict_config(
+        _metadata=metadata(ref_type=typing.Any, object_type=dict, optional=True, key=None, flags={},
+                           key_type=typing.Any, element_type=typing.Any),
+        _parent=None, _flags_cache=None,
+        _content={"learning_rate": node(1e-5), "sd_locked": node(True),
+                  "hint_channels": list_config(_content=[node(3), node(64)], _metadata=metadata(object_type=list))})
+    best = {"best_model_score": torch.tensor(0.1), "monitor": "val/loss", "dirpath": "/home/someone/ckpt",
+            "best_k_models": {"/home/someone/ckpt/epoch=3.ckpt": torch.tensor(0.2)}, "kth_value": np.float64(0.2),
+            "last_model_path": "/etc/passwd"}
+    return {
+        "epoch": 4, "global_step": 147860, "pytorch-lightning_version": "1.5.0",
+        "callbacks": {model_checkpoint: dict(best), "ModelCheckpoint{'monitor': 'val/loss'}": dict(best)},
+        "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3), "step": np.int64(7)}},
+                              "param_groups": [{"lr": 1e-5, "betas": (0.9, 0.999), "params": [0]}]}],
+        "lr_schedulers": [],
+        "hyper_parameters": {"config": hparams, "tags": {"scg", "hc3"}, "frozen": frozenset({1, 2}),
+                             "sizes": (512, 512), "counts": collections.defaultdict(int, {"a": 1}),
+                             "order": collections.OrderedDict(b=2, a=1), "mean": np.array([0.5, 0.25]),
+                             "type": int},
+        "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 4}}}},
+    }
+
+
+def forget_planted():
+    """Remove the modules planted by :func:`lightning_extras`: nothing of them is importable at load time."""
     while _PLANTED:
-        sys.modules.pop(_PLANTED.pop(), None)  # the loader must not see them: nothing here is importable at load time
+        sys.modules.pop(_PLANTED.pop(), None)
