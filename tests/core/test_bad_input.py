@@ -45,13 +45,35 @@ def test_bad_selection(ae, modules, match):
 
 
 @pytest.mark.parametrize("gains,match", [
-    ([1.0, 2.0], "got 2 values.*one per selected module \\(6\\)"), ("0:x", "cannot read '0:x'"),
-    ("0=2", "cannot read"), ("3:2", "module 3 has a gain but is not in the selection"),
-    ([float("nan")] * 6, "finite"),
+    ([1.0, 2.0], "got 2 values.*one per selected module \\(6: modules 0,1,4,8,9,15\\)"),
+    ("0:x", "the gain of module 0 is 'x'; expected a number"),
+    ("0=2", "cannot read '0=2'"), ("3:2", "module 3 has a gain but is not in the selection"),
+    ([float("nan")] * 6, "value 1 is nan; gains must be finite"),
+    ("nan", "the gain is nan; gains must be finite"), ("inf", "the gain is inf"), (float("-inf"), "is -inf"),
+    ("1e308", "the gain is 1e\\+308; gains must lie in \\[-100, 100\\]"), (1e308, "must lie in"),
+    ("HC0:1e30", "the gain of group HC0 is 1e\\+30; gains must lie in"), ("0:nan", "module 0 is nan"),
+    ("1.5,2", "got 2 values; give one per selected module \\(6: modules 0,1,4,8,9,15\\).*module:gain pairs"),
+    ("HC9:2,x:1", "'x' is neither a module index nor a group"), ({0: "a"}, "module 0 is 'a'"),
+    ({"z": 1.0}, "'z' is not a module index"), (object(), "got object"), ([True] * 6, "expected a number"),
 ])
 def test_bad_gains(ae, gains, match):
     with pytest.raises(SCGError, match=match):
         ae.hint(images(1, 32, 32), "HC0", gains)
+
+
+def test_comma_joined_groups_suggest_plus(ae):
+    with pytest.raises(SCGError, match="join groups with '\\+': 'HC0\\+HC1'"):
+        ae.resolve_modules("HC0,HC1")
+    with pytest.raises(SCGError, match="unknown group 'HC0,HC42'"):
+        ae.resolve_modules("HC0,HC42")
+
+
+def test_good_gains_text(ae):
+    assert scg_models.parse_gains("1.5,2", [0, 3], 16) == [1.5, 2.0]
+    assert scg_models.parse_gains(" 0:1.5; 3:-0.5 ", [0, 3], 16) == [1.5, -0.5]
+    assert scg_models.parse_gains("HC1:2", [2, 3, 5], 16, ae.groups) == [2.0, 2.0, 1.0]
+    assert scg_models.parse_gains(".5", [0, 3], 16) == [0.5, 0.5]
+    assert scg_models.parse_gains(100, [0], 16) == [100.0]
 
 
 def test_good_selections(ae):
