@@ -140,6 +140,9 @@ def _parameter_count(gonlin: str, nv: int, vl: int, k: int) -> int:
 #: its hints at about 2; a hint grows with the square of the kernel, so 100 already means hints near
 #: 1e5 (beyond fp16). Only a corrupt or hostile file goes further (weights x1e15 overflow to inf).
 MAX_KERNEL_ABS = 100.0
+#: largest factor weight (the released model's peak at 0.61); the hint path runs the factor cascade
+#: on them directly, so one huge factor overflows there even when the composite kernel stays small
+MAX_WEIGHT_ABS = 1000.0
 
 
 class ModularAutoencoder(nn.Module):
@@ -181,12 +184,16 @@ class ModularAutoencoder(nn.Module):
         return {g["name"]: g["description"] for g in self.config.groups}
 
     def check_weights(self, name: str = "autoencoder") -> None:
-        """Refuse weights that make every hint garbage: non-finite, or a composite kernel beyond
-        :data:`MAX_KERNEL_ABS`. :class:`SCGError` names the factor with the largest value."""
+        """Refuse weights that make every hint garbage: non-finite, a factor beyond :data:`MAX_WEIGHT_ABS`,
+        or a composite kernel beyond :data:`MAX_KERNEL_ABS`. :class:`SCGError` names the factor."""
         params = {key: p.detach() for key, p in self.named_parameters()}
         for key, p in params.items():
             if not torch.isfinite(p).all():
                 raise SCGError(f"{name}: non-finite values in {key}")
+            top = float(p.abs().max()) if p.numel() else 0.0
+            if top > MAX_WEIGHT_ABS:  # the factor cascade computes with these directly: inf * 0 = NaN
+                raise SCGError(f"{name}: weights out of range: {key} reaches {top:.3g} (a trained autoencoder's "
+                               f"weights stay below {MAX_WEIGHT_ABS:g})")
         with torch.no_grad():
             peak = float(self.kernel().float().abs().max())
         if not peak <= MAX_KERNEL_ABS:

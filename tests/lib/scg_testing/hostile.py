@@ -138,3 +138,30 @@ ATTACKS = {
     "view_past_end": lambda p: strided_view(p, "past_end"),
     "storage_bomb": lambda p: strided_view(p, "storage_bomb"),
 }
+
+
+# --- the fuzz suite's bookkeeping ------------------------------------------------------------
+#: outcomes of fuzz cases, by kind ("success" or the SCGError subclass name), summed over a session
+OUTCOMES: dict[str, int] = {}
+
+
+def record(kind: str) -> None:
+    OUTCOMES[kind] = OUTCOMES.get(kind, 0) + 1
+
+
+def summary() -> str:
+    """One line: cases tried and outcomes by kind."""
+    total = sum(OUTCOMES.values())
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(OUTCOMES.items(), key=lambda kv: -kv[1]))
+    return f"SCG fuzz: {total} cases: {parts}"
+
+
+def rezip(data: bytes, edit) -> bytes:
+    """A PyTorch zip archive with each member's bytes replaced by ``edit(name, bytes)`` (CRCs rewritten),
+    so that a mutation reaches the parser instead of failing the archive's checksum."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, edit(info.filename, src.read(info)))
+    return out.getvalue()
