@@ -23,7 +23,7 @@ from scg_testing import hostile
 from scg_testing.authors_files import ae_factors, save_authors_ckpt, save_authors_pth
 from scg_testing.core import images, random_ae
 
-EXAMPLES = int(os.environ.get("SCG_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("SCG_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=timedelta(seconds=10),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 IMAGE = images(1, 24, 24)
