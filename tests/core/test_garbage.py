@@ -2,6 +2,7 @@
 import errno
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +193,20 @@ def test_temporary_name_is_never_a_model_extension(tmp_path, monkeypatch):
     assert len(seen) == 1 and seen[0].endswith(formats.TEMP_SUFFIX) and not seen[0].endswith(".safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ae.safetensors"]
     assert math.isfinite(float(scg_models.load_autoencoder(tmp_path / "ae.safetensors").kernel().sum()))
+
+
+def test_cli_reports_garbage_files_without_traceback(tmp_path):
+    """The command line turns every loader error into its error exit (2) with the message."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    factors = ae_factors()
+    factors["c2.weight"] = factors["c2.weight"] * float("nan")
+    save_authors_pth(tmp_path / "nan.pth", factors)
+    save_authors_pth(tmp_path / "zero.pth", ae_factors(), authors_arg(rot_num=[0]))
+    for name, match in [("nan.pth", "non-finite values in gonlin.c2.weight"), ("zero.pth", "arg.rot_num: 0")]:
+        r = subprocess.run([sys.executable, "-m", "scg_models", "convert", str(tmp_path / name), "--autoencoder",
+                            str(tmp_path / "o.safetensors")], cwd=root, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert not (tmp_path / "o.safetensors").exists()
