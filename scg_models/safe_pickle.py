@@ -708,7 +708,3 @@ def safe_load(path: str):
             MemoryError, pickle.UnpicklingError, zipfile.BadZipFile, struct.error) as e:
         raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
-
-
-#: the name used before this module read checkpoints itself
-safe_torch_load = safe_load

@@ -7,6 +7,7 @@ test. Reproducible (derandomized). The counts print at the end of the run (``SCG
 """
 import json
 import os
+import shutil
 import struct
 import tempfile
 from datetime import timedelta
@@ -239,6 +240,12 @@ SELECTION_TEXT = st.text(alphabet="HC0123456789+,; :.-eainfM", max_size=24)
 GAINS = (st.none() | SELECTION_TEXT | st.floats() | st.integers(-10**6, 10**6)
          | st.lists(st.floats() | st.integers(-3, 3) | st.text(max_size=3), max_size=17)
          | st.dictionaries(st.integers(-2, 20) | st.text(max_size=3), st.floats() | st.text(max_size=3), max_size=4))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_cases():
+    yield
+    shutil.rmtree(_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
