@@ -248,3 +248,30 @@ def test_lightning_checkpoint_loads_where_torch_has_other_safe_globals(tmp_path)
         ckpt = safe_pickle.safe_load(str(path))
     key = next(k for k in ckpt["callbacks"] if not isinstance(k, str))
     assert key is not ModelCheckpoint and issubclass(key, safe_pickle.InertObject)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_legitimate_contents_load_as_torch_load_does(tmp_path, legacy):
+    """Every dtype, 0-dim and empty tensors, views, parameters and plain containers: equal to torch.load's."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(5, 7, generator=g)
+    obj = {f"t_{dt}".replace("torch.", ""): torch.randn(3, 4, generator=g).to(dt) for dt in
+           (torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int8, torch.uint8, torch.bool,
+            torch.complex64)}
+    obj.update({"scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3), "view": base[1:, ::3], "t": base.t(),
+                "param": torch.nn.Parameter(torch.ones(2)), "nested": [1, (2.0, "x"), {"k": None}], "big": 2**70,
+                "bytes": b"\x00\xff", "set": {1, 2}})
+    if not legacy:
+        obj["fp8"] = torch.randn(4, generator=g).to(torch.float8_e4m3fn)
+    path = tmp_path / "c.pt"
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    ref = torch.load(path, weights_only=True)
+    got = safe_pickle.safe_load(str(path))
+    assert set(got) == set(ref)
+    for k, v in ref.items():
+        if isinstance(v, torch.Tensor):
+            assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+            assert torch.equal(got[k].view(torch.uint8) if v.dtype.itemsize == 1 and v.is_floating_point() else got[k],
+                               v.view(torch.uint8) if v.dtype.itemsize == 1 and v.is_floating_point() else v), k
+        else:
+            assert got[k] == v, k
