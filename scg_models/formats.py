@@ -47,7 +47,7 @@ def _kind(path: str) -> str:
                 try:
                     json.loads(fh.read(n) if n < 1 << 27 else b"")
                     return "safetensors"
-                except ValueError:
+                except (ValueError, RecursionError):
                     pass
     except OSError as e:
         raise CheckpointError(f"{path}: cannot open ({e.strerror or e})") from None
@@ -56,6 +56,8 @@ def _kind(path: str) -> str:
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "pickle"
     if head[8:9] == b"{":
+        if n + 8 <= size:
+            raise CheckpointError(f"{path}: corrupt safetensors file (its {n}-byte header is not valid JSON)")
         raise CheckpointError(f"{path}: truncated safetensors file (header says {n + 8}+ bytes, file has {size})")
     raise CheckpointError(f"{path}: unknown file format (neither safetensors nor a PyTorch checkpoint)")
 

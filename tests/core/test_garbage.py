@@ -210,3 +210,11 @@ def test_cli_reports_garbage_files_without_traceback(tmp_path):
                             str(tmp_path / "o.safetensors")], cwd=root, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
         assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_safetensors_header_that_is_not_json(tmp_path):
+    for body, match in [(b'{"a":' + b"[" * 200_000, "header is not valid JSON"), (b'{"a": 1', "not valid JSON")]:
+        path = tmp_path / "h.safetensors"
+        path.write_bytes(len(body).to_bytes(8, "little") + body)
+        with pytest.raises(CheckpointError, match=match):
+            scg_models.load_autoencoder(path)
