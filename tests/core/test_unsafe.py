@@ -127,6 +127,13 @@ def test_crashing_pickle_is_a_clean_error_in_a_subprocess(tmp_path, attack, matc
     ("view_past_end", UnsafeCheckpointError, "needs 1073741824 elements, its storage holds 64"),
     ("storage_bomb", CheckpointError, "storage '0' holds 64 bytes, the pickle says 1099511627776"),
     ("unknown_globals", UnsafeCheckpointError, "evil_module_0"),
+    ("allocation_call", UnsafeCheckpointError, r"builtins.bytearray\(int\): an allocation"),
+    ("class_poisoning", UnsafeCheckpointError, r"BUILD \(set state\) on a global"),
+    ("inst_opcode", UnsafeCheckpointError, "INST is not used by PyTorch checkpoints"),
+    ("ext_opcode", UnsafeCheckpointError, "EXT1 is not used"),
+    ("persid_text", UnsafeCheckpointError, "PERSID is not used"),
+    ("compressed_member", CheckpointError, "compressed"),
+    ("reduce_on_result", UnsafeCheckpointError, "REDUCE on a dict"),
 ])
 def test_hostile_pickle_is_refused(tmp_path, attack, error, match):
     path = hostile.ATTACKS[attack](tmp_path / f"{attack}.ckpt")

@@ -128,6 +128,43 @@ def planted_call(path, module: str, name: str, *args: str) -> Path:
     return write_archive(path, state_dict([("w", call)]))
 
 
+def allocation_call(path) -> Path:
+    """``bytearray(10**12)``: an allocation the file asks a constructor for."""
+    call = glob("builtins", "bytearray") + integer(10**12) + P.TUPLE1 + P.REDUCE
+    return write_archive(path, state_dict([("w", call)]))
+
+
+def class_poisoning(path) -> Path:
+    """``BUILD`` on a class object (not an instance): would set attributes on ``argparse.Namespace`` itself."""
+    build = glob("argparse", "Namespace") + P.NONE + P.EMPTY_DICT + unicode("__eq__") + glob("builtins", "dict") \
+        + P.SETITEM + P.TUPLE2 + P.BUILD
+    return write_archive(path, state_dict([("w", build)]))
+
+
+def old_opcodes(path, which: str) -> Path:
+    """Instructions torch.save never writes: ``INST`` (call by name), ``EXT1`` (extension registry), ``PERSID``."""
+    op = {"inst": P.MARK + P.INST + b"argparse\nNamespace\n", "ext": P.EXT1 + b"\x01",
+          "persid": P.PERSID + b"../../etc/passwd\n"}[which]
+    return write_archive(path, state_dict([("w", op)]))
+
+
+def compressed_member(path) -> Path:
+    """A deflated storage member (torch writes none): its real size is not bounded by the file's."""
+    good = io.BytesIO()
+    pkl = state_dict([("w", tensor("0", "FloatStorage", 4, (4,), (1,)))])
+    with zipfile.ZipFile(good, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        zf.writestr("archive/data/0", bytes(16), compress_type=zipfile.ZIP_DEFLATED)
+    Path(path).write_bytes(good.getvalue())
+    return Path(path)
+
+
+def reduce_on_result(path) -> Path:
+    """A call whose callable is the result of another call (how gadget chains reach ``getattr``)."""
+    call = glob("collections", "OrderedDict") + P.EMPTY_TUPLE + P.REDUCE + P.EMPTY_TUPLE + P.REDUCE
+    return write_archive(path, state_dict([("w", call)]))
+
+
 ATTACKS = {
     "deep_tuple_key": deep_tuple_key,
     "memo_shared_key": memo_shared_key,
@@ -137,6 +174,13 @@ ATTACKS = {
     "overlapping_view": lambda p: strided_view(p, "overlap"),
     "view_past_end": lambda p: strided_view(p, "past_end"),
     "storage_bomb": lambda p: strided_view(p, "storage_bomb"),
+    "allocation_call": allocation_call,
+    "class_poisoning": class_poisoning,
+    "inst_opcode": lambda p: old_opcodes(p, "inst"),
+    "ext_opcode": lambda p: old_opcodes(p, "ext"),
+    "persid_text": lambda p: old_opcodes(p, "persid"),
+    "compressed_member": compressed_member,
+    "reduce_on_result": reduce_on_result,
 }
 
 
