@@ -97,7 +97,9 @@ class _StorageType:
 
 
 def _storage_types() -> dict[str, _StorageType]:
-    out = {f"torch.{name}": _StorageType(dtype) for dtype, name in torch.storage._dtype_to_storage_type_map().items()}
+    out = {}
+    for dtype, name in torch.storage._dtype_to_storage_type_map().items():
+        out[f"torch.{name}"] = out[f"torch.cuda.{name}"] = _StorageType(dtype)  # cuda: old files saved on a GPU
     out["torch.storage.UntypedStorage"] = out["torch.UntypedStorage"] = _StorageType(None)
     return out
 

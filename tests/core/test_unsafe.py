@@ -1,6 +1,7 @@
 """Pickles are untrusted: a file that tries to run code on load is refused and nothing runs."""
 import os
 import re
+import struct
 import subprocess
 import sys
 import time
@@ -282,3 +283,13 @@ def test_legitimate_contents_load_as_torch_load_does(tmp_path, legacy):
                                v.view(torch.uint8) if v.dtype.itemsize == 1 and v.is_floating_point() else v), k
         else:
             assert got[k] == v, k
+
+
+def test_storages_saved_on_a_gpu_by_old_torch_load_on_the_cpu(tmp_path):
+    """Old checkpoints name ``torch.cuda.FloatStorage`` and location ``cuda:0``: read as CPU data."""
+    pkl = hostile.state_dict([("w", hostile.tensor("0", "FloatStorage", 2, (2,), (1,), module="torch.cuda",
+                                                   location="cuda:0"))])
+    assert b"torch.cuda" in pkl
+    path = hostile.write_archive(tmp_path / "gpu.ckpt", pkl, {"0": struct.pack("<2f", 1.5, -2.0)})
+    w = safe_pickle.safe_load(str(path))["state_dict"]["w"]
+    assert w.device.type == "cpu" and w.tolist() == [1.5, -2.0]

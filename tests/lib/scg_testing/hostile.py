@@ -44,9 +44,11 @@ def ints_tuple(values) -> bytes:
     return P.MARK + b"".join(integer(v) for v in values) + P.TUPLE
 
 
-def tensor(key: str, storage: str, numel: int, size, stride, offset: int = 0) -> bytes:
+def tensor(key: str, storage: str, numel: int, size, stride, offset: int = 0, module: str = "torch",
+           location: str = "cpu") -> bytes:
     """``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())``."""
-    pid = P.MARK + unicode("storage") + glob("torch", storage) + unicode(key) + unicode("cpu") + integer(numel) + P.TUPLE
+    pid = P.MARK + unicode("storage") + glob(module, storage) + unicode(key) + unicode(location) + integer(numel) \
+        + P.TUPLE
     return (glob("torch._utils", "_rebuild_tensor_v2") + P.MARK + pid + P.BINPERSID + integer(offset)
             + ints_tuple(size) + ints_tuple(stride) + P.NEWFALSE + glob("collections", "OrderedDict")
             + P.EMPTY_TUPLE + P.REDUCE + P.TUPLE + P.REDUCE)
