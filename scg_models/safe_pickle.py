@@ -359,12 +359,16 @@ class _Scan:
             items, stack = stack, marks.pop()
             return items
 
-        for op, arg, _pos in pickletools.genops(stream):
+        end = stream.getbuffer().nbytes
+        for n_ops, (op, arg, pos) in enumerate(pickletools.genops(stream)):
             name = op.name
             if name in _SCALAR_OPS:
                 stack.append(_V("scalar", const=_SCALAR_CONST.get(name, arg)))
-            elif name in ("PROTO", "FRAME"):
+            elif name == "PROTO":
                 pass
+            elif name == "FRAME":
+                if arg > end - pos:
+                    raise _Refused(f"a frame of {arg} bytes at byte {pos} of a {end}-byte pickle")
             elif name == "MARK":
                 marks.append(stack)
                 stack = []
@@ -432,6 +436,8 @@ class _Scan:
                     raise _Refused(f"memo entry {arg} read before it was written")
                 stack.append(memo[arg])
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                if arg > n_ops:  # the C unpickler sizes its memo by the index: 2**32 would allocate 32 GiB
+                    raise _Refused(f"memo index {arg} after {n_ops} instructions")
                 memo[arg] = stack[-1]
             elif name == "MEMOIZE":
                 memo[len(memo)] = stack[-1]

@@ -135,6 +135,8 @@ def test_crashing_pickle_is_a_clean_error_in_a_subprocess(tmp_path, attack, matc
     ("persid_text", UnsafeCheckpointError, "PERSID is not used"),
     ("compressed_member", CheckpointError, "compressed"),
     ("reduce_on_result", UnsafeCheckpointError, "REDUCE on a dict"),
+    ("memo_index_bomb", UnsafeCheckpointError, "memo index 4294967295 after"),
+    ("frame_bomb", UnsafeCheckpointError, "a frame of 4611686018427387904 bytes"),
 ])
 def test_hostile_pickle_is_refused(tmp_path, attack, error, match):
     path = hostile.ATTACKS[attack](tmp_path / f"{attack}.ckpt")

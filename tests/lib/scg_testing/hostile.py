@@ -167,6 +167,17 @@ def reduce_on_result(path) -> Path:
     return write_archive(path, state_dict([("w", call)]))
 
 
+def memo_index_bomb(path) -> Path:
+    """``LONG_BINPUT 4294967295``: the C unpickler grows its memo array to twice the index (tens of GiB)."""
+    return write_archive(path, state_dict([("w", P.NONE + put(0xFFFFFFFF))]))
+
+
+def frame_bomb(path) -> Path:
+    """A protocol-4 ``FRAME`` announcing 2**62 bytes in a tiny pickle."""
+    body = P.PROTO + b"\x04" + P.FRAME + struct.pack("<Q", 1 << 62) + P.NONE + P.STOP
+    return write_archive(path, body)
+
+
 ATTACKS = {
     "deep_tuple_key": deep_tuple_key,
     "memo_shared_key": memo_shared_key,
@@ -183,6 +194,8 @@ ATTACKS = {
     "persid_text": lambda p: old_opcodes(p, "persid"),
     "compressed_member": compressed_member,
     "reduce_on_result": reduce_on_result,
+    "memo_index_bomb": memo_index_bomb,
+    "frame_bomb": frame_bomb,
 }
 
 
