@@ -268,6 +268,8 @@ def test_fuzz_modules_and_gains(ae, modules, gains):
 
 def test_fuzz_counts_are_recorded():
     """The suite ran and both outcomes occurred (runs after the fuzz tests of this module)."""
+    if not hostile.OUTCOMES:
+        pytest.skip("no fuzz case ran before this test (run the whole module): counts NOT checked")
     kinds = set(hostile.OUTCOMES)
     assert "success" in kinds and kinds - {"success"}, hostile.OUTCOMES
     print(hostile.summary())
