@@ -1,4 +1,5 @@
 """Pickles are untrusted: a file that tries to run code on load is refused and nothing runs."""
+import io
 import os
 import re
 import struct
@@ -162,19 +163,27 @@ def test_memo_shared_key_is_refused_quickly(tmp_path):
 
 
 def test_unknown_globals_are_collected_in_one_read(tmp_path, monkeypatch):
-    """200 unknown globals: the file is opened once and every name is reported together."""
-    path = hostile.unknown_globals(tmp_path / "g.ckpt", n=200)
-    opened = []
-    real_open = open
+    """200 unknown globals next to 8 MB of weights: the file is opened once, its weights are never read,
+    and every name is reported together."""
+    path = hostile.unknown_globals(tmp_path / "g.ckpt", n=200, weights_bytes=8 << 20)
+    assert path.stat().st_size > 8 << 20
+    opened, read = [], [0]
 
-    def counting_open(file, *a, **k):
+    class CountingReader(io.BufferedReader):
+        def read(self, n=-1):
+            data = super().read(n)
+            read[0] += len(data)
+            return data
+
+    def counting_open(file, mode="r", *a, **k):
         opened.append(file)
-        return real_open(file, *a, **k)
+        return CountingReader(io.FileIO(file, "rb"))
 
     monkeypatch.setattr(safe_pickle, "open", counting_open, raising=False)
     with pytest.raises(UnsafeCheckpointError, match=r"'evil_module_0.payload'.*and 192 more") as e:
         safe_pickle.safe_load(str(path))
     assert opened == [str(path)], opened
+    assert read[0] < 1 << 20, f"{read[0]} bytes read to refuse the file"
     assert "evil_module_199" not in str(e.value)  # listed by count, not all printed
 
 

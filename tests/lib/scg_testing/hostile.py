@@ -101,10 +101,15 @@ def deep_list(path, levels: int = 100_000) -> Path:
     return write_archive(path, P.PROTO + b"\x02" + body + P.STOP)
 
 
-def unknown_globals(path, n: int = 200) -> Path:
-    """A state dict with ``n`` entries, each built by calling a different unknown global."""
+def unknown_globals(path, n: int = 200, weights_bytes: int = 0) -> Path:
+    """A state dict with ``n`` entries, each built by calling a different unknown global (and, with
+    ``weights_bytes``, one ordinary tensor of that many bytes, as a big checkpoint has)."""
     entries = [(f"w{i}", glob(f"evil_module_{i}", "payload") + P.EMPTY_TUPLE + P.REDUCE) for i in range(n)]
-    return write_archive(path, state_dict(entries))
+    storages = {}
+    if weights_bytes:
+        entries.append(("weights", tensor("0", "ByteStorage", weights_bytes, (weights_bytes,), (1,))))
+        storages["0"] = bytes(weights_bytes)
+    return write_archive(path, state_dict(entries), storages)
 
 
 def strided_view(path, kind: str) -> Path:
