@@ -3,7 +3,7 @@
 Every case ends in success or an :class:`SCGError`: never a raw exception, a hang (the hypothesis
 deadline), or a non-finite hint (on success the hint of a small image is computed and checked).
 Runs in about two minutes with the default number of examples; ``SCG_FUZZ_EXAMPLES=N`` runs N per
-test. Reproducible (derandomized). The counts print at the end of the run (``SCG fuzz: ...``).
+test. Reproducible (derandomized); ``SCG_FUZZ_RANDOM=1`` explores new cases. The counts print at the end of the run (``SCG fuzz: ...``).
 """
 import json
 import os
@@ -25,7 +25,9 @@ from scg_testing.authors_files import ae_factors, save_authors_ckpt, save_author
 from scg_testing.core import images, random_ae
 
 EXAMPLES = int(os.environ.get("SCG_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=timedelta(seconds=10),
+#: SCG_FUZZ_RANDOM=1 explores new cases (with pytest's --hypothesis-seed=N to reproduce); CI stays derandomized
+FUZZ = settings(max_examples=EXAMPLES, derandomize=not os.environ.get("SCG_FUZZ_RANDOM"), database=None,
+                deadline=timedelta(seconds=10),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 IMAGE = images(1, 24, 24)
 SPECIAL = [float("nan"), float("inf"), float("-inf"), 1e38, 1e15, -1e15, 1e-45, 0.0, 65504.0, 3e38]
