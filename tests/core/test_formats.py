@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 import scg_models
 from scg_models import AUTHORS_GROUPS, CheckpointError, formats
-from authors_files import ae_factors, authors_arg, save_authors_ckpt, save_authors_pth, tiny_controlnet_keys
+from scg_testing.authors_files import ae_factors, authors_arg, save_authors_ckpt, save_authors_pth, tiny_controlnet_keys
 from scg_testing.core import images, random_ae
 
 ROOT = Path(__file__).resolve().parents[2]
