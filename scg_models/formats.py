@@ -15,7 +15,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .autoencoder import AutoencoderConfig, ModularAutoencoder
 from .errors import CheckpointError, FileWriteError, SCGError
+from .files import TEMP_SUFFIX, atomic_write  # noqa: F401  (TEMP_SUFFIX re-exported)
 from .safe_pickle import safe_load
 
 META_KEY = "scg_autoencoder"
@@ -264,34 +264,25 @@ def load_autoencoder(path, device=None, dtype=None) -> ModularAutoencoder:
 
 
 #: suffix of the temporary file a save writes first; never a model extension, so no loader lists it
-TEMP_SUFFIX = ".partial"
-
-
 def _atomic_save(tensors: dict, path: str, metadata: dict[str, str]) -> None:
-    """Write to ``.tmp-*.partial`` next to ``path``, then rename; on any failure nothing is left.
+    """Write a safetensors file through :func:`atomic_write`; on any failure nothing is left.
 
     A full disk (or any OSError) becomes a :class:`FileWriteError` naming ``path``.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=TEMP_SUFFIX, dir=folder)
-        os.close(fd)
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata=metadata)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is as readable as any other
-        os.replace(tmp, path)
-        tmp = None
+        os.chmod(tmp, 0o666 & ~umask)  # the writer makes 0600; a model file is as readable as any other
+
+    try:
+        atomic_write(path, write)
     except OSError as e:
         raise FileWriteError(f"{path}: cannot write ({e.strerror or e}); nothing was written") from None
     except SafetensorError as e:  # the Rust writer reports I/O errors (a full disk) this way
         raise FileWriteError(f"{path}: cannot write ({e}); nothing was written") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def autoencoder_metadata(ae: ModularAutoencoder, info: dict | None = None) -> dict[str, str]:
