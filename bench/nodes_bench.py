@@ -30,19 +30,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def setup_host(cpu: bool):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from find_host import find_host
+    # a script, not a test: it puts the pack root and the shared test helpers (what pytest's
+    # ``pythonpath`` gives the tests) and then the host found like the host tier finds it on sys.path
+    sys.path.append(str(ROOT))
+    sys.path.append(str(ROOT / "tests" / "lib"))
+    from scg_testing.hosts import find_host
 
-    sys.path.remove(str(ROOT / "tests"))
     host = find_host()
     if host is None:
         sys.exit("no ComfyUI host found ($COMFYUI_PATH, the ComfyUI holding this folder, ~/comfy/ComfyUI)")
     sys.path.insert(0, str(host))
-    sys.path.append(str(ROOT))
-    sys.path.append(str(ROOT / "tests" / "host"))
-    from comfy.cli_args import args
-
     import torch
+    from comfy.cli_args import args
     args.cpu = cpu or not torch.cuda.is_available()
     # SDPA attention on the CPU too (ComfyUI's CPU default is a slower chunked attention): a faster
     # UNet makes the extraction weigh more, so the ratio below is, if anything, pessimistic
@@ -87,13 +86,13 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     host, nodes, pack = setup_host(a.cpu)
+    import comfy.model_management as mm
+    import comfy.utils
     import numpy as np
     import torch
     from PIL import Image
 
-    import comfy.model_management as mm
-    import comfy.utils
-    from hosttools import conditioning, random_ae, tiny_controlnet, tiny_unet
+    from scg_testing.host import conditioning, random_ae, tiny_controlnet, tiny_unet
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     device = mm.get_torch_device()

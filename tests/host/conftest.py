@@ -1,41 +1,71 @@
 """Host tier: a real ComfyUI, imported in-process once per session, with this pack loaded by its own loader.
 
-Without a host every ``test_host_*.py`` module is left out (they import ComfyUI) and
-``test_find_host.py`` reports the skip with its reason, so ``-rs`` shows it loudly.
+The host is :func:`scg_testing.hosts.find_host` (``$COMFYUI_PATH`` first). Without one every
+``test_host_*.py`` module is left out (they import ComfyUI) and ``test_find_host.py`` reports the
+skip with its reason, so ``-rs`` shows it loudly.
 """
 import asyncio
+import importlib.machinery
 import logging
-import os
 import shutil
 import sys
+import types
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from scg_testing.hosts import find_host
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from find_host import find_host  # noqa: E402
-
-sys.path.remove(str(ROOT / "tests"))  # tests/ holds folders (train, core) that must not shadow packages
-
 HOST = find_host()
 NO_HOST = ("no ComfyUI host found ($COMFYUI_PATH, the ComfyUI that holds this extension in custom_nodes/, "
            "~/comfy/ComfyUI): the host tests are SKIPPED")
 
+
+def install_torchaudio_stub():
+    """!!! A stand-in ``torchaudio`` for hosts that import it unconditionally (ComfyUI 0.33's comfy.sd).
+
+    torchaudio has no wheel for the torch this project tests with. Audio is never run in this
+    tier; any use of the stub raises, naming it. It has a module spec because transformers probes
+    ``importlib.util.find_spec("torchaudio")``.
+    """
+    def missing(name):
+        raise AttributeError(f"{name}: torchaudio is a stub in the SCG host tests (no wheel for this torch)")
+
+    for name in ("torchaudio", "torchaudio.functional", "torchaudio.transforms"):
+        module = types.ModuleType(name)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=name == "torchaudio")
+        module.__path__ = []
+        module.__getattr__ = lambda attr, name=name: missing(f"{name}.{attr}")
+        sys.modules[name] = module
+    sys.modules["torchaudio"].functional = sys.modules["torchaudio.functional"]
+    sys.modules["torchaudio"].transforms = sys.modules["torchaudio.transforms"]
+    logging.getLogger("SCG.tests").warning("!!! torchaudio is missing: a stub module stands in for it (host tier)")
+
+
 if HOST is None:
     collect_ignore_glob = ["test_host_*.py"]
 else:
-    for p in (str(ROOT), str(HOST)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    from comfy.cli_args import args  # noqa: E402  (must come before anything imports comfy.model_management)
+    # The one sys.path edit of the test suite, and an unavoidable one: ComfyUI is not an installable
+    # package; its top-level modules (comfy, nodes, execution, folder_paths...) are importable only
+    # from its checkout, as they are when ComfyUI runs. It goes first, so ComfyUI's nodes.py wins.
+    if str(HOST) not in sys.path:
+        sys.path.insert(0, str(HOST))
+    try:
+        import torchaudio  # noqa: F401
+    except ImportError:
+        install_torchaudio_stub()
+    from comfy.cli_args import args  # must come before anything imports comfy.model_management
 
     args.cpu = True
 
 
 def pytest_report_header(config):
-    return f"ComfyUI host: {HOST}" if HOST else f"!!! {NO_HOST}"
+    if HOST is None:
+        return f"!!! {NO_HOST}"
+    stub = "torchaudio" in sys.modules and sys.modules["torchaudio"].__spec__.origin is None
+    return f"ComfyUI host: {HOST}" + (" (!!! torchaudio is a stub)" if stub else "")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -56,6 +86,7 @@ def host(tmp_path_factory):
     import comfy.model_management  # noqa: F401
     import execution
     import folder_paths
+
     import nodes
 
     base = tmp_path_factory.mktemp("comfy")
@@ -73,8 +104,8 @@ def host(tmp_path_factory):
         dirs.models[kind] = d
 
     assert asyncio.run(nodes.load_custom_node(str(ROOT), module_parent="custom_nodes")), "pack failed to load"
-    canny = os.path.join(str(HOST), "comfy_extras", "nodes_canny.py")
-    asyncio.run(nodes.load_custom_node(canny, module_parent="comfy_extras"))
+    canny = HOST / "comfy_extras" / "nodes_canny.py"
+    asyncio.run(nodes.load_custom_node(str(canny), module_parent="comfy_extras"))
     for kind, d in dirs.models.items():  # after the pack registered models/scg
         folder_paths.add_model_folder_path(kind, str(d), is_default=True)
     shutil.copy(ROOT / "workflows" / "scg_example.jpg", dirs.input / "scg_example.jpg")

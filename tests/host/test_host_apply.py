@@ -1,12 +1,11 @@
 """SCGControlApply inside a real ComfyUI sampler, with tiny SD1.5-architecture models."""
+import comfy.model_management as mm
 import pytest
 import torch
 
-import comfy.model_management as mm
 import nodes
-from hosttools import (conditioning, make_images, random_ae, run_node, sample, tiny_controlnet,
-                       tiny_unet)
 from scg_models.imaging import fit
+from scg_testing.host import conditioning, make_images, random_ae, run_node, sample, tiny_controlnet, tiny_unet
 
 LATENT = torch.zeros(1, 4, 8, 8)
 

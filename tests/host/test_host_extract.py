@@ -1,11 +1,11 @@
 """HypercolumnExtract in the host: outputs, chunking with a progress bar, conversions and errors."""
+import comfy.utils
 import pytest
 import torch
 
-import comfy.utils
-from hosttools import make_images, random_ae, run_node
 from scg_models import minmax
 from scg_models.grid import group_grid
+from scg_testing.host import make_images, random_ae, run_node
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,15 @@ def test_chunks_and_progress(host, ae, scg_ae, extract, monkeypatch):
     extract_module = host.pack.nodes.extract
     monkeypatch.setattr(extract_module, "MAX_CHUNK", 2)
     seen = []
-    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
-                        seen.append((value, total)))
+
+    class RecordingBar(comfy.utils.ProgressBar):
+        """Records every update the node makes (newer hosts throttle what reaches the UI hook by time)."""
+
+        def update_absolute(self, value, total=None, preview=None):
+            seen.append((value, total or self.total))
+            return super().update_absolute(value, total, preview)
+
+    monkeypatch.setattr(comfy.utils, "ProgressBar", RecordingBar)
     img = make_images(batch=5, seed=9)
     hint, preview, grid = extract(image=img, scg_autoencoder=scg_ae)
     assert seen == [(2, 5), (4, 5), (5, 5)]

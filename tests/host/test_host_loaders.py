@@ -2,12 +2,12 @@
 import os
 import time
 
+import comfy.controlnet
 import pytest
 import torch
 
-import comfy.controlnet
-from hosttools import (SDXL_CONTROLNET, authors_controlnet_ckpt, random_ae, run_node, save_authors_pth)
 from scg_models import formats, save_autoencoder
+from scg_testing.host import SDXL_CONTROLNET, authors_controlnet_ckpt, random_ae, run_node, save_authors_pth
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import uuid
 import pytest
 import torch
 
-from hosttools import execute_prompt, node_output, random_ae, save_authors_pth
 from scg_models import minmax
-from ui_workflow import ConversionError, ui_to_api
+from scg_testing.host import execute_prompt, node_output, random_ae, save_authors_pth
+from scg_testing.ui_workflow import ConversionError, ui_to_api
 
 WORKFLOWS = ["hypercolumn_preview", "sd15_scg_txt2img", "scg_with_canny", "scg_manipulation"]
 
