@@ -124,3 +124,12 @@ def node(host):
 def scg_ae(host, ae):
     """What travels on an SCG_AUTOENCODER link, for the module's own ``ae`` fixture."""
     return host.pack.nodes.common.SCGAutoencoder(ae, "test-ae")
+
+
+@pytest.fixture(scope="session")
+def scg_error(host):
+    """SCGError for ``pytest.raises``: the pack's class as the host loaded it (a module named by its path)
+    and the one the tests import as ``scg_models`` (their autoencoders raise that one)."""
+    import scg_models
+
+    return host.pack.scg_models.SCGError, scg_models.SCGError

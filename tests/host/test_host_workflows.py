@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from scg_models import minmax
+from scg_models.geometry import HintGeometry
 from scg_testing.host import execute_prompt, node_output, random_ae, save_authors_pth
 from scg_testing.ui_workflow import ConversionError, ui_to_api
 
@@ -106,11 +107,13 @@ def test_hypercolumn_preview_runs_end_to_end(host, stand_in_files):
     assert image.shape == (1, 512, 512, 3)
     hints = {t: node_output(ex, k, 0) for t, k in extracts.items()}
     base = hints["HC0+HC1, gains 1"]
-    assert base.shape == (1, 509, 509, 3)
+    assert base.shape == (1, 512, 512, 3)  # the hint image at the default resolution (the hint is 509×509)
     for label in ("colour ×2", "colour ×0.3"):
         assert not torch.allclose(hints[f"HC0+HC1, {label}"], base)
     preview = node_output(ex, extracts["HC0+HC1, colour ×2"], 1)
-    assert torch.allclose(preview, minmax(hints["HC0+HC1, colour ×2"].movedim(-1, 1)).movedim(1, -1))
+    assert preview.shape == (1, 509, 509, 3)
+    raw = HintGeometry(21, 4, 10).from_canvas(hints["HC0+HC1, colour ×2"].movedim(-1, 1), encoded=True)
+    assert torch.allclose(preview, minmax(raw).movedim(1, -1), atol=1e-4)
 
 
 def test_autoencoder_is_loaded_once_across_runs(host, stand_in_files):
