@@ -45,9 +45,9 @@ def seeded_init(module: torch.nn.Module, seed: int, std: float = 0.05) -> torch.
     return module
 
 
-def tiny_unet(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+def tiny_unet(seed: int = 0, model_channels: int = 32) -> comfy.model_patcher.ModelPatcher:
     """SD1.5-architecture UNet (32 channels, context 32) wrapped as ComfyUI's MODEL."""
-    mc = comfy.supported_models.SD15(dict(UNET_CONFIG))
+    mc = comfy.supported_models.SD15({**UNET_CONFIG, "model_channels": model_channels})
     mc.set_inference_dtype(torch.float32, None)
     model = mc.get_model({})
     seeded_init(model.diffusion_model, seed)
@@ -56,9 +56,11 @@ def tiny_unet(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
 
 
 def tiny_control_model(unet: comfy.model_patcher.ModelPatcher | None = None, seed: int = 1,
-                       dtype=torch.float32, sdxl: bool = False) -> comfy.cldm.cldm.ControlNet:
+                       dtype=torch.float32, sdxl: bool = False, model_channels: int = 32) -> comfy.cldm.cldm.ControlNet:
+    """A cldm ControlNet matching :func:`tiny_unet` (64 channels: the smallest core's ControlNet loader detects)."""
     cfg = {k: v for k, v in UNET_CONFIG.items() if k != "out_channels"}
     cfg.update(hint_channels=3, num_heads=8, num_head_channels=-1, dtype=dtype, device="cpu",
+               model_channels=model_channels,
                operations=comfy.ops.disable_weight_init)
     if sdxl:
         cfg.update(adm_in_channels=16, num_classes="sequential")
