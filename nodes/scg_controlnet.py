@@ -14,8 +14,9 @@ ControlNet already takes:
   the SCG hint of the original image fitted to that size.
 
 A ControlNet copy carries both (its ``control_model`` and ``preprocess_image``), so host code that
-copies, chains, masks or schedules ControlNets keeps working, and so does a multi-GPU deep clone
-(the adapter is deep-copied with the control model).
+copies, chains, masks or schedules ControlNets keeps working, and so does a multi-GPU deep clone:
+the adapter is deep-copied with the control model, so clones share no weights; the autoencoder is
+only read, makes the hint once on the main device, and the host moves it to each clone's device.
 """
 from __future__ import annotations
 

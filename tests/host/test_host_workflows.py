@@ -64,6 +64,17 @@ def test_workflow_shapes(host):
     assert gains == ["", "0.5", "1.5"]
 
 
+def test_converter_gives_new_widgets_their_defaults(host):
+    """Workflows saved before HypercolumnExtract had ``resolution`` get its default, as the frontend does."""
+    wf = load(host, "hypercolumn_preview")
+    extract = next(n for n in wf["nodes"] if n["type"] == "HypercolumnExtract")
+    values = list(extract["widgets_values"])
+    prompt = ui_to_api(wf, host.nodes.NODE_CLASS_MAPPINGS)
+    inputs = prompt[str(extract["id"])]["inputs"]
+    assert [inputs[k] for k in ("modules", "gains", "grid")] == values[:3]
+    assert inputs["resolution"] == (values[3] if len(values) > 3 else 512)
+
+
 def test_converter_rejects_what_it_cannot_map(host):
     wf = load(host, "hypercolumn_preview")
     wf["nodes"][0]["widgets_values"].append("extra")
