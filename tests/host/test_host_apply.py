@@ -153,6 +153,19 @@ def test_hypercolumn_extract_in_core_apply_matches_scg_control_apply(host, unet,
     assert effect > 1e-3 and (x_core - x_scg).norm() / effect < 1e-4
 
 
+def test_the_loaders_controlnet_takes_the_raw_hint_in_scg_control_apply(host, unet, cn, ae, scg_ae, apply):
+    """The encoded-image stage 'Load SCG ControlNet' adds is swapped for the raw one on the copy: bit-exact."""
+    loaded = scg_controlnet(host, cn, ae)
+    pos, neg = conditioning()
+    img = make_images()
+    p, n = apply(pos, neg, loaded, img, scg_ae)
+    adapter = p[0][1]["control"].control_model
+    assert not adapter.encoded and adapter.control_model is cn.control_model and loaded.control_model.encoded
+    with HintSpy(cn, ae) as spy:
+        sample(unet, p, n, LATENT, steps=1)
+    assert torch.equal(spy.hints[0][:1], ae.hint(nchw(img), "HC0"))
+
+
 def test_two_scg_controls_chain_and_both_act(unet, cn, ae, scg_ae, apply):
     pos, neg = conditioning()
     img = make_images()
