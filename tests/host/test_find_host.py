@@ -1,5 +1,6 @@
 """Which ComfyUI the host tests use; reports the skip of the whole tier when there is none."""
 import os
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ def test_host_is_found():
         pytest.skip("no ComfyUI host found: the whole host tier is SKIPPED (see tests/host/conftest.py)")
     assert hosts.is_host(host)
     if os.environ.get("COMFYUI_PATH"):
-        assert host == hosts.Path(os.environ["COMFYUI_PATH"]).resolve()
+        assert host == Path(os.environ["COMFYUI_PATH"]).resolve()
 
 
 def test_comfyui_path_wins(tmp_path, monkeypatch):
