@@ -89,8 +89,12 @@ def cmd_extract(a) -> None:
         except ImageFileError as e:  # unreadable images are reported, not fatal
             print(f"skipped {p}: {e}", file=sys.stderr)
             continue
+        try:
+            x = ae.check_images(torch.from_numpy(pixels).permute(2, 0, 1)[None], name=str(p))
+        except SCGError as e:  # e.g. smaller than the kernel: reported, not fatal
+            print(f"skipped {e}", file=sys.stderr)
+            continue
         p = Path(p)
-        x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
         if a.grid:
             sheet = group_grid(ae, x, [g for g in groups if g in ae.groups] or None)[0]
             _save_png(sheet, Path(a.output) / f"{p.stem}_groups.png")

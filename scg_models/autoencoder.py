@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import SCGError
+from .geometry import HintGeometry
 from .gonlin import GONLINS, Gonlin
 from .groups import default_groups, parse_gains, resolve_modules, validate_groups
 from .ops import conv2d_polyphase, conv_transpose2d_full
@@ -255,8 +256,7 @@ class ModularAutoencoder(nn.Module):
     # --- inference: the hint, computing only what the selection needs -----------------
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Hint size for an H×W input (509×509 for 512×512 with the released model)."""
-        s, k, p = self.stride, self.kernel_size, self.padding
-        return tuple(((n + 2 * p - k) // s) * s + k - 2 * p for n in (height, width))
+        return HintGeometry.of(self).hint_size(height, width)
 
     def check_images(self, images, name: str = "images") -> torch.Tensor:
         """Validate a B×3×H×W batch in [0, 1]; raise :class:`SCGError` naming the problem."""
@@ -301,12 +301,12 @@ class ModularAutoencoder(nn.Module):
     def hint(self, images: torch.Tensor, modules, gains=None) -> torch.Tensor:
         """The ControlNet hint of a module selection.
 
-        images: B×3×H×W in [0, 1]. modules: see :meth:`resolve_modules`. gains: see
-        :func:`scg_models.groups.parse_gains`. Returns B×3×h×w (:meth:`output_size`),
+        images: B×3×H×W in [0, 1], finite, at least the kernel size: trusted, not checked here (check
+        them where they enter, with :meth:`check_images`). modules: see :meth:`resolve_modules`. gains:
+        see :func:`scg_models.groups.parse_gains`. Returns B×3×h×w (:meth:`output_size`),
         un-normalised, in the model's dtype. No gradient. Only the selected modules'
         channels are encoded and decoded.
         """
-        self.check_images(images)
         mods = self.resolve_modules(modules)
         gains = parse_gains(gains, mods, self.n_vector, self.groups)
         p = next(self.parameters())
@@ -332,7 +332,7 @@ class ModularAutoencoder(nn.Module):
 
     @torch.no_grad()
     def preview(self, images: torch.Tensor, modules, gains=None, eps: float = 1e-6) -> torch.Tensor:
-        """The hint min-max scaled per image and channel to [0, 1] (B×3×h×w).
+        """The hint min-max scaled per image and channel to [0, 1] (B×3×h×w); images trusted as in :meth:`hint`.
 
         A channel whose range is below ``eps`` (near-constant) shows as 0.5, not noise.
         """

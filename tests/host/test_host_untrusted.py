@@ -4,7 +4,6 @@ ComfyUI's ``comfy.utils`` registers classes of its own with ``torch.serializatio
 (a ``ModelCheckpoint``, numpy's ``scalar``, ``_codecs.encode`` returning None...). Our loader must
 not pick those up: a Lightning checkpoint's classes stay our inert stand-ins, its bytes stay bytes.
 """
-import sys
 import types
 
 import pytest
@@ -17,17 +16,7 @@ from scg_testing.hosts import find_host, host_version
 @pytest.fixture(scope="module")
 def comfy_utils():
     """The real ``comfy.utils`` of the host of this run, imported (it registers its safe globals)."""
-    host = find_host()
-    if host is None:
-        pytest.skip("no ComfyUI host ($COMFYUI_PATH, ~/comfy/ComfyUI): the untrusted-file host test is SKIPPED")
-    # The host tier imports ComfyUI in-process; its modules (comfy, folder_paths...) live at the checkout's root.
-    # tests/host/conftest.py does the same for the other host tests; this module needs only comfy.utils.
-    if str(host) not in sys.path:
-        sys.path.insert(0, str(host))
-    sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))  # 0.33 imports it; no wheel for our torch
-    from comfy.cli_args import args
-
-    args.cpu = True
+    host = find_host()  # tests/host/conftest.py put it on sys.path (this module is collected only with a host)
     import comfy.utils
 
     return types.SimpleNamespace(utils=comfy.utils, version=host_version(host))
