@@ -5,7 +5,8 @@
 Both paths run the same tiny SD1.5-architecture graph in a real ComfyUI (found like the
 host tests find it): Apply node → KSampler (euler, CFG 7) at size×size.
 
-* core: HypercolumnExtract's hint computed once beforehand, fed to core's Apply ControlNet;
+* core: HypercolumnExtract's hint image computed once beforehand (resolution = size), fed to core's
+        Apply ControlNet with the ControlNet as 'Load SCG ControlNet' gives it (the hint stage decodes it);
 * SCG:  SCGControlApply on the ordinary image (extraction inside the sampling run).
 
 Runs alternate (core, SCG, SCG, core, ...) so both see the same machine load; the figures
@@ -13,7 +14,7 @@ are medians and fastest runs; on a CPU also the process's CPU time, which other
 processes on a shared machine disturb less than wall time. Printed: the time ratio
 SCG/core (target ≤ 1.05), the same ratio derived from the extraction time alone, the autoencoder's peak
 memory on top while it makes the hint inside sampling (target ≤ 50 MB at 512×512), and
-how far core's path (hint resized 509 → 512) lands from SCG's exact one.
+how far core's path (the hint carried by HypercolumnExtract's [0, 1] hint image) lands from SCG's exact one.
 
 The UNet here is tiny, so the extraction weighs far more against it than against a real
 SD1.5 UNet: the ratio is an upper bound of what a real model sees.
@@ -30,19 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def setup_host(cpu: bool):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from find_host import find_host
+    # a script, not a test: it puts the pack root and the shared test helpers (what pytest's
+    # ``pythonpath`` gives the tests) and then the host found like the host tier finds it on sys.path
+    sys.path.append(str(ROOT))
+    sys.path.append(str(ROOT / "tests" / "lib"))
+    from scg_testing.hosts import find_host
 
-    sys.path.remove(str(ROOT / "tests"))
     host = find_host()
     if host is None:
         sys.exit("no ComfyUI host found ($COMFYUI_PATH, the ComfyUI holding this folder, ~/comfy/ComfyUI)")
     sys.path.insert(0, str(host))
-    sys.path.append(str(ROOT))
-    sys.path.append(str(ROOT / "tests" / "host"))
-    from comfy.cli_args import args
-
     import torch
+    from comfy.cli_args import args
     args.cpu = cpu or not torch.cuda.is_available()
     # SDPA attention on the CPU too (ComfyUI's CPU default is a slower chunked attention): a faster
     # UNet makes the extraction weigh more, so the ratio below is, if anything, pessimistic
@@ -87,13 +87,13 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     host, nodes, pack = setup_host(a.cpu)
+    import comfy.model_management as mm
+    import comfy.utils
     import numpy as np
     import torch
     from PIL import Image
 
-    import comfy.model_management as mm
-    import comfy.utils
-    from hosttools import conditioning, random_ae, tiny_controlnet, tiny_unet
+    from scg_testing.host import conditioning, random_ae, tiny_controlnet, tiny_unet
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     device = mm.get_torch_device()
@@ -106,6 +106,9 @@ def main(argv=None):
     unet = tiny_unet()
     cn = tiny_controlnet(unet)
     scg_ae = pack.nodes.common.SCGAutoencoder(random_ae(seed=0), "bench")
+    loaded_cn = cn.copy()  # what 'Load SCG ControlNet' gives: the hint stage in front of the control model
+    loaded_cn.control_model = pack.nodes.scg_controlnet.with_adapter(
+        cn, pack.scg_models.geometry.HintGeometry.of(scg_ae.ae), encoded=True)
     pos, neg = conditioning()
     img = Image.open(ROOT / "workflows" / "scg_example.jpg").convert("RGB").resize((a.size, a.size))
     image = torch.from_numpy(np.asarray(img).copy()).float().div(255)[None]
@@ -118,10 +121,10 @@ def main(argv=None):
 
     with torch.inference_mode():
         hint = K["HypercolumnExtract"].execute(image=image, scg_autoencoder=scg_ae, modules=a.modules, gains="",
-                                               grid="off").args[0]
+                                               grid="off", resolution=a.size).args[0]
 
         def core_path():
-            c = K["ControlNetApplyAdvanced"]().apply_controlnet(pos, neg, cn, hint, 1.0, 0.0, 1.0)
+            c = K["ControlNetApplyAdvanced"]().apply_controlnet(pos, neg, loaded_cn, hint, 1.0, 0.0, 1.0)
             return ksample(*c)
 
         def scg_path():
@@ -159,31 +162,32 @@ def main(argv=None):
                   "(target ≤ 1.05)")
         run_ms = statistics.median([t[0] for t in t_core]) * 1000
 
-        # the extraction as sampling does it (SCGControlNet's hint hook), alone: time and memory on top
+        # the extraction as sampling does it (the ControlNet copy's preprocess_image hook), alone: time, memory
         resized = torch.zeros(1, 3, a.size, a.size)
         for modules in dict.fromkeys([a.modules, "all"]):
             c = K["SCGControlApply"].execute(positive=pos, negative=neg, control_net=cn, image=image, strength=1.0,
                                              start_percent=0.0, end_percent=1.0, scg_autoencoder=scg_ae,
                                              modules=modules, gains="").args[0][0][1]["control"]
-            mm.load_models_gpu(c.get_models())
-            c._scg_hint(resized)
+            hook = c.preprocess_image
+            mm.load_models_gpu(c.get_models() + [hook.patcher])
+            hook(resized)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             for _ in range(5):
-                c._scg_hint(resized)
+                hook(resized)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t_ext = (time.perf_counter() - t0) / 5
-            out, peak = peak_memory(lambda: c._scg_hint(resized), device)
+            out, peak = peak_memory(lambda hook=hook: hook(resized), device)
             print(f"extraction of {modules} at {a.size}×{a.size}: {t_ext * 1000:.1f} ms, so SCG / core = "
                   f"{1 + t_ext * 1000 / run_ms:.3f} when derived from one core run; autoencoder peak memory on top "
                   f"{peak / 2**20:.1f} MB (target ≤ 50 MB; the padded hint itself "
                   f"{out.numel() * out.element_size() / 2**20:.1f} MB)")
         effect = (x_scg - x_none).norm().item()
         rel = (x_core - x_scg).norm().item() / effect
-        print(f"core path (hint resized {hint.shape[1]}→{a.size}) vs SCGControlApply: |Δ| / |control effect| = "
-              f"{rel:.4f}")
+        print(f"core path (HypercolumnExtract's hint image, {hint.shape[1]}x{hint.shape[2]}) vs SCGControlApply: "
+              f"|diff| / |control effect| = {rel:.2e}")
 
 
 if __name__ == "__main__":

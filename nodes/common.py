@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
-
-import torch
 
 import comfy.model_management as mm
 import comfy.model_patcher
 import folder_paths
+import torch
 from comfy_api.latest import io
 
-from ..scg_models import ModularAutoencoder, SCGError
-from ..scg_models.imaging import fit, to_rgb
+from ..scg_models import ModularAutoencoder, SCGError, parse_gains
+from ..scg_models.imaging import to_rgb
 
 log = logging.getLogger("SCG")
 
@@ -107,52 +107,56 @@ def loaded_module(patcher: comfy.model_patcher.ModelPatcher) -> tuple[ModularAut
     return copy.deepcopy(ae).to(patcher.load_device), torch.device(patcher.load_device)
 
 
-def image_to_nchw(image, name: str = "image") -> torch.Tensor:
-    """ComfyUI IMAGE (B×H×W×C in [0, 1]) → B×3×H×W; grey is repeated, alpha dropped (with a log line)."""
+def image_to_nchw(image, ae: ModularAutoencoder, name: str = "image") -> torch.Tensor:
+    """ComfyUI IMAGE (B x H x W x C in [0, 1]) -> B x 3 x H x W, checked for ``ae`` (errors name the input).
+
+    The one conversion in: grey is repeated, alpha dropped (with a log line); the result is
+    what the autoencoder takes, so nothing after this checks it again.
+    """
     if not isinstance(image, torch.Tensor):
         raise SCGError(f"{name}: expected an IMAGE tensor, got {type(image).__name__}")
     if image.dim() in (2, 3):
-        raise SCGError(f"{name}: got a MASK-shaped tensor {tuple(image.shape)} (B×H×W), not an IMAGE (B×H×W×C); "
-                       "convert it with 'Convert Mask to Image' first")
+        raise SCGError(f"{name}: got a MASK-shaped tensor {tuple(image.shape)} (B x H x W), not an IMAGE "
+                       "(B x H x W x C); convert it with 'Convert Mask to Image' first")
     if image.dim() != 4:
-        raise SCGError(f"{name}: expected an IMAGE B×H×W×C, got shape {tuple(image.shape)}")
+        raise SCGError(f"{name}: expected an IMAGE B x H x W x C, got shape {tuple(image.shape)}")
+    if image.shape[0] == 0:
+        raise SCGError(f"{name}: the batch is empty (0 images)")
     x, note = to_rgb(image.movedim(-1, 1), name)
     if note:
         log.info("SCG: %s", note)
-    return x
+    return ae.check_images(x, name)
 
 
 def to_image(x: torch.Tensor) -> torch.Tensor:
-    """B×C×H×W → ComfyUI IMAGE B×H×W×C, float32 on ComfyUI's intermediate device."""
+    """B x C x H x W -> ComfyUI IMAGE B x H x W x C, float32 on ComfyUI's intermediate device (the one conversion out)."""
     return x.movedim(1, -1).to(device=mm.intermediate_device(), dtype=torch.float32).contiguous()
 
 
-class HintSource:
-    """Extracts one module selection's hint with a managed autoencoder, in a given compute dtype."""
+def check_number(value, name: str, low: float, high: float) -> float:
+    """A FLOAT node input, finite and within [low, high] (the executor does not check NaN)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SCGError(f"{name}: expected a number, got {value!r}") from None
+    if not math.isfinite(v) or not low <= v <= high:
+        raise SCGError(f"{name}: expected a number from {low:g} to {high:g}, got {v!r}")
+    return v
 
-    def __init__(self, scg_ae: SCGAutoencoder, modules: list[int], gains: list[float] | None,
-                 dtype: torch.dtype = torch.float32):
-        self.scg_ae, self.modules, self.gains = scg_ae, list(modules), gains
-        self.patcher = scg_ae.patcher(dtype)
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        return self.scg_ae.ae.output_size(height, width)
+def plural(n: int, word: str) -> str:
+    """'1 image', '3 images'."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
-    def __call__(self, images: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
-        """images: B×3×H×W in [0, 1] → hint B×3×h×w of the images fitted to height×width.
 
-        The images are centre-cropped and resized (antialiased) to height×width first, on
-        their own device; the hint is computed on the autoencoder's device in its dtype.
-        """
-        if height is not None and width is not None:
-            images = fit(images.float(), height, width)
-        ae, device = loaded_module(self.patcher)
-        return ae.hint(images.to(device), self.modules, self.gains)
+def check_autoencoder(scg_autoencoder, name: str = "scg_autoencoder") -> SCGAutoencoder:
+    if not isinstance(scg_autoencoder, SCGAutoencoder):
+        raise SCGError(f"{name}: connect an SCG autoencoder ('Load SCG Autoencoder' or the second output of "
+                       "'Load SCG ControlNet')")
+    return scg_autoencoder
 
 
 def resolve_selection(ae: ModularAutoencoder, modules: str, gains: str) -> tuple[list[int], list[float] | None]:
     """The node inputs ``modules`` and ``gains`` checked against the autoencoder (errors name them)."""
-    from ..scg_models import parse_gains
-
     mods = ae.resolve_modules(modules)
     return mods, parse_gains(gains, mods, ae.n_vector, ae.groups)

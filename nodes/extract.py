@@ -1,21 +1,34 @@
-"""HypercolumnExtract: an image batch → the SCG hint, a [0, 1] preview and a sheet of every group."""
+"""HypercolumnExtract: an image batch -> the SCG hint (as a canvas any apply node takes), a preview and a group sheet."""
 from __future__ import annotations
-
-import torch
 
 import comfy.model_management as mm
 import comfy.utils
+import torch
 from comfy_api.latest import io
 
-from ..scg_models import minmax
+from ..scg_models import SCGError, minmax
+from ..scg_models.geometry import HintGeometry, generation_size
 from ..scg_models.grid import group_grid
-from .common import (CATEGORY, GAINS_TOOLTIP, MODULES_TOOLTIP, HintSource, ScgAutoencoderType, image_to_nchw,
-                     loaded_module, log, resolve_selection, to_image)
+from ..scg_models.imaging import fit
+from .common import (
+    CATEGORY,
+    GAINS_TOOLTIP,
+    MODULES_TOOLTIP,
+    ScgAutoencoderType,
+    check_autoencoder,
+    image_to_nchw,
+    loaded_module,
+    log,
+    plural,
+    resolve_selection,
+    to_image,
+)
 
 #: generous activation bytes per input pixel per fp32 value of one hint extraction (measured peak: see docs)
 BYTES_PER_PIXEL = 4 * 40
 MAX_CHUNK = 32
 GRID_OPTIONS = ["labelled", "plain", "off"]
+MAX_RESOLUTION = 16384
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
@@ -33,10 +46,10 @@ class HypercolumnExtract(io.ComfyNode):
             node_id="HypercolumnExtract",
             display_name="Hypercolumn Extract (SCG)",
             category=CATEGORY,
-            description=("Runs the SCG autoencoder on an image batch: the hint of the selected modules (raw values, "
-                         "for a ControlNet), a preview of it in [0, 1] for Preview/Save Image, and a sheet with every "
-                         "group of the autoencoder side by side. The hint is smaller than the image (509×509 for "
-                         "512×512)."),
+            description=("Runs the SCG autoencoder on an image batch fitted to a resolution (short side, like the "
+                         "ControlNet preprocessors): the hint of the selected modules for an apply node (Apply "
+                         "ControlNet, Apply Advanced ControlNet) with a ControlNet from 'Load SCG ControlNet', a "
+                         "preview of it for viewing, and a sheet with every group of the autoencoder side by side."),
             inputs=[
                 io.Image.Input("image", tooltip="Images to extract from (grey and RGBA are converted to RGB)."),
                 ScgAutoencoderType.Input("scg_autoencoder", tooltip="The SCG autoencoder."),
@@ -45,54 +58,64 @@ class HypercolumnExtract(io.ComfyNode):
                 io.Combo.Input("grid", options=GRID_OPTIONS, default="labelled",
                                tooltip="The group sheet: with group names, without, or off (skips the work; the "
                                        "grid output is then a small blank image)."),
+                io.Int.Input("resolution", default=512, min=64, max=MAX_RESOLUTION, step=8, optional=True,
+                             tooltip="The short side the image is fitted to (centre-cropped to a multiple of 8 "
+                                     "on the long side), as the ControlNet preprocessors' resolution. Set it to the "
+                                     "generation's short side: the hint then passes through apply nodes unchanged."),
             ],
             outputs=[
-                io.Image.Output("hint", display_name="hint", tooltip="The hint, un-normalised (values outside "
-                                "[0, 1]): feed it to a ControlNet, not to Save Image."),
+                io.Image.Output("hint", display_name="hint", tooltip="The hint for an apply node, at the "
+                                "resolution's size, encoded into [0, 1] (0.5 is zero; the SCG ControlNet from 'Load SCG "
+                                "ControlNet' decodes it). Not for viewing: use preview."),
                 io.Image.Output("preview", display_name="preview", tooltip="The hint scaled to [0, 1] per image "
-                                "and channel, for viewing."),
+                                "and channel, for viewing (509x509 for 512x512)."),
                 io.Image.Output("grid", display_name="grid", tooltip="Every group's preview side by side (the input "
                                 "first), one sheet per image."),
             ],
         )
 
     @classmethod
-    def execute(cls, image, scg_autoencoder, modules, gains, grid="labelled") -> io.NodeOutput:
-        if scg_autoencoder is None or not hasattr(scg_autoencoder, "patcher"):
-            raise ValueError("scg_autoencoder: connect an SCG autoencoder ('Load SCG Autoencoder')")
-        ae = scg_autoencoder.ae
-        images = ae.check_images(image_to_nchw(image, "image"), "image")
+    def execute(cls, image, scg_autoencoder, modules, gains, grid="labelled", resolution=512) -> io.NodeOutput:
+        scg_ae = check_autoencoder(scg_autoencoder)
+        ae = scg_ae.ae
+        images = image_to_nchw(image, ae, "image")
         mods, gain_list = resolve_selection(ae, modules, gains)
-        source = HintSource(scg_autoencoder, mods, gain_list, torch.float32)
-        batch, _, height, width = images.shape
-        mm.load_models_gpu([source.patcher], memory_required=BYTES_PER_PIXEL * height * width, force_full_load=True)
-        model, device = loaded_module(source.patcher)
+        if grid not in GRID_OPTIONS:
+            raise SCGError(f"grid: expected one of {', '.join(GRID_OPTIONS)}, got {grid!r}")
+        if not isinstance(resolution, int) or not 64 <= resolution <= MAX_RESOLUTION:
+            raise SCGError(f"resolution: expected a whole number from 64 to {MAX_RESOLUTION}, got {resolution!r}")
+        batch = images.shape[0]
+        height, width = generation_size(*images.shape[-2:], resolution)
+        geometry = HintGeometry.of(ae)
+        patcher = scg_ae.patcher(torch.float32)
+        mm.load_models_gpu([patcher], memory_required=BYTES_PER_PIXEL * height * width, force_full_load=True)
+        model, device = loaded_module(patcher)
         step = chunk_size(batch, height, width, device, grid != "off")
         bar = comfy.utils.ProgressBar(batch)
-        hints, previews, grids = [], [], []
+        canvases, previews, grids = [], [], []
         start = 0
         while start < batch:
             mm.throw_exception_if_processing_interrupted()
             part = images[start:start + step]
             try:
-                x = part.to(device)
-                hint = source(x)
-                sheet = None
-                if grid != "off":
-                    sheet = to_image(group_grid(model, x, labels=grid == "labelled"))
+                x = fit(part.to(device), height, width)
+                hint = model.hint(x, mods, gain_list)
+                sheet = None if grid == "off" else group_grid(model, x, labels=grid == "labelled")
             except _OOM:
                 if step == 1:
                     raise
                 step = max(1, step // 2)
                 mm.soft_empty_cache(True)
-                log.info("SCG: out of memory; retrying with %d images at a time", step)
+                log.info("SCG: out of memory; retrying with %s at a time", plural(step, "image"))
                 continue
-            hints.append(to_image(hint))
+            try:
+                canvases.append(to_image(geometry.to_canvas(hint, height, width, encode=True)))
+            except SCGError as e:
+                raise SCGError(f"gains/modules: {e}") from None
             previews.append(to_image(minmax(hint)))
             if sheet is not None:
-                grids.append(sheet)
+                grids.append(to_image(sheet))
             start += part.shape[0]
             bar.update(part.shape[0])
-        hint = torch.cat(hints)
         grid_image = torch.cat(grids) if grids else torch.zeros(batch, 8, 8, 3, device=mm.intermediate_device())
-        return io.NodeOutput(hint, torch.cat(previews), grid_image)
+        return io.NodeOutput(torch.cat(canvases), torch.cat(previews), grid_image)

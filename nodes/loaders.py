@@ -8,9 +8,11 @@ import comfy.model_detection
 import folder_paths
 from comfy_api.latest import io
 
-from ..scg_models import SCGError, formats, load_autoencoder
+from ..scg_models import CheckpointError, SCGError, formats, load_autoencoder
+from ..scg_models.geometry import HintGeometry
 from . import subset
 from .common import LOADER_CATEGORY, MODEL_FOLDER, SHIPPED_MODEL, SCGAutoencoder, ScgAutoencoderType
+from .scg_controlnet import with_adapter
 
 
 def _file_fingerprint(folder: str, name: str) -> str:
@@ -28,6 +30,14 @@ def _full_path(folder: str, name: str, input_name: str) -> str:
         raise SCGError(f"{input_name}: file {name!r} not found in the {folder!r} model folders "
                        f"({', '.join(folder_paths.get_folder_paths(folder))})")
     return path
+
+
+def _holds_autoencoder(path: str) -> bool:
+    try:
+        load_autoencoder(path)
+    except SCGError:
+        return False
+    return True
 
 
 def check_sd15(state_dict: dict, name: str) -> None:
@@ -99,7 +109,8 @@ class LoadSCGControlNet(io.ComfyNode):
             ],
             outputs=[
                 io.ControlNet.Output("control_net", display_name="control_net",
-                                     tooltip="The ControlNet (SD1.5). Its hint is the SCG hint, not an image."),
+                                     tooltip="The ControlNet (SD1.5). Its hint is the SCG hint: from Apply SCG "
+                                             "ControlNet, or HypercolumnExtract's hint output in any apply node."),
                 ScgAutoencoderType.Output("scg_autoencoder", display_name="scg_autoencoder",
                                           tooltip="The autoencoder stored with this ControlNet."),
             ],
@@ -114,6 +125,11 @@ class LoadSCGControlNet(io.ComfyNode):
         path = _full_path("controlnet", control_net_name, "control_net_name")
         try:
             cn = formats.load_controlnet_file(path)
+        except CheckpointError as e:
+            if _holds_autoencoder(path):
+                raise SCGError(f"control_net_name: {control_net_name!r} is an SCG autoencoder, not a ControlNet: "
+                               f"move it to models/{MODEL_FOLDER} and load it with 'Load SCG Autoencoder'") from None
+            raise SCGError(f"control_net_name: {e}") from None
         except SCGError as e:
             raise SCGError(f"control_net_name: {e}") from None
         if cn.autoencoder is None:
@@ -127,4 +143,6 @@ class LoadSCGControlNet(io.ComfyNode):
             subset.remember_trained(control, cn, control_net_name)  # any-subset or per-group (and its modules)
         except SCGError as e:
             raise SCGError(f"control_net_name: {e}") from None
+        # a fresh object of ours: its control model takes HypercolumnExtract's hint output in any apply node
+        control.control_model = with_adapter(control, HintGeometry.of(cn.autoencoder), encoded=True)
         return io.NodeOutput(control, SCGAutoencoder(cn.autoencoder, control_net_name))

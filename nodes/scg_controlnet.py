@@ -1,101 +1,118 @@
-"""A core ControlNet that makes its own hint with the SCG autoencoder, once per sampling run.
+"""How SCG rides on ComfyUI's ControlNet objects (core's, Advanced-ControlNet's, ...) through their own interface.
 
-How it fits ComfyUI's ``comfy.controlnet.ControlNet``:
+Nothing here subclasses or rebuilds a ControlNet object. Two pieces, both plain values a
+ControlNet already takes:
 
-* The hint is prepared where core prepares every hint: in ``get_control``, the first time
-  it sees a latent size, through ``preprocess_image``. Core caches the result in
-  ``cond_hint`` and re-prepares only when the latent size changes, so the autoencoder
-  runs once per sampling run and resolution, never per step.
-* The SCG hint is smaller than latent×8 (509×509 for 512×512: a stride-4 autoencoder
-  with a 21×21 kernel), and the authors' hint block is built for that size (its stride-2
-  convolutions round 509 up to 64). Core's cache check compares ``cond_hint`` with
-  latent×8, so the hint is stored zero-padded to latent×8 (top-left corner) and the
-  control model gets the exact hint back: :class:`ExactHintModel` crops the corner
-  before calling the real model. The ControlNet therefore sees exactly
-  ``ae.hint(image at latent×8)``, as in the authors' code.
-* The autoencoder's ``ModelPatcher`` is in :meth:`get_models`, so the sampler loads it
-  with the UNet and ControlNet and offloads it with them.
-* :meth:`copy` keeps the class and the hint source, so core's apply logic (copies per
-  conditioning, chaining through ``previous_controlnet``) works unchanged.
+* :class:`HintAdapter`, the SCG ControlNet's input stage, an ``nn.Module`` in front of the control
+  model: it takes the hint *canvas* (:mod:`scg_models.geometry`: the generation size), crops it
+  (and decodes it, for an encoded hint image) to the exact SCG hint (509 x 509 at 512 x 512, what the authors'
+  hint block is built for), calls the control model, and stops the run when the control model's
+  output is not finite. Hosts pass a canvas of the generation size through unchanged (core and
+  Advanced-ControlNet resize a hint only when its size differs from latent x 8).
+* :class:`SCGHint`, a ``preprocess_image`` hook: hosts call it on the hint they prepared for a
+  latent size (once per sampling run and size; they cache the result), and it returns the canvas of
+  the SCG hint of the original image fitted to that size.
+
+A ControlNet copy carries both (its ``control_model`` and ``preprocess_image``), so host code that
+copies, chains, masks or schedules ControlNets keeps working, and so does a multi-GPU deep clone:
+the adapter is deep-copied with the control model, so clones share no weights; the autoencoder is
+only read, makes the hint once on the main device, and the host moves it to each clone's device.
 """
 from __future__ import annotations
 
 import torch
 
-import comfy.controlnet
+from ..scg_models import SCGError
+from ..scg_models.geometry import HintGeometry
+from ..scg_models.imaging import fit
+from .common import loaded_module
 
-from .common import HintSource
 
+class HintAdapter(torch.nn.Module):
+    """``control_model`` behind the SCG hint's input stage (no parameters of its own).
 
-class ExactHintModel:
-    """Stands in for the control model: crops the stored hint back to the SCG hint size.
-
-    Everything else (``dtype``, attributes) is the real model's; the real model and its
-    ``ModelPatcher`` stay shared with the ControlNet it came from, as core's copies do.
+    encoded: the canvas is an encoded hint image (HypercolumnExtract's ``hint``, fed to any apply
+    node). The adapter then asks the host for float32 inputs (its ``dtype``), so the encoding is
+    decoded before the cast to ``compute_dtype`` that would otherwise round it (a host with a
+    manual-cast ControlNet casts first: the hint then carries that dtype's rounding, 64 times its
+    step at 1). Raw canvases (Apply SCG ControlNet) are cropped only.
     """
 
-    def __init__(self, model, source: HintSource):
-        self.model, self.source = model, source
+    def __init__(self, control_model: torch.nn.Module, geometry: HintGeometry, encoded: bool,
+                 compute_dtype: torch.dtype):
+        super().__init__()
+        self.control_model = control_model
+        self.geometry, self.encoded, self.compute_dtype = geometry, encoded, compute_dtype
 
     @property
-    def dtype(self):
-        return self.model.dtype
+    def dtype(self) -> torch.dtype:
+        return torch.float32 if self.encoded else self.control_model.dtype
 
-    def __call__(self, *args, hint, **kwargs):
-        h, w = self.source.output_size(*hint.shape[-2:])
-        return self.model(*args, hint=hint[..., :h, :w], **kwargs)
+    def forward(self, *args, hint: torch.Tensor, **kwargs):
+        """``hint``: B x 3 x H x W canvas; everything else goes to the control model as given."""
+        hint = self.geometry.from_canvas(hint, self.encoded)
+        if self.encoded:
+            def cast(t):
+                return t.to(self.compute_dtype) if torch.is_tensor(t) and t.is_floating_point() else t
 
-    def __getattr__(self, name):
-        if name in ("model", "source"):  # not set yet (copying): no recursion
-            raise AttributeError(name)
-        return getattr(self.model, name)
+            hint, args, kwargs = cast(hint), [cast(a) for a in args], {k: cast(v) for k, v in kwargs.items()}
+        control = self.control_model(*args, hint=hint, **kwargs)
+        outputs = [t for ts in control.values() for t in ts if t is not None]
+        if outputs and not bool(torch.stack([t.detach().abs().amax().float() for t in outputs]).isfinite().all()):
+            raise SCGError("control_net: the ControlNet's output is not finite (NaN or inf); its weights or "
+                           "the hint are broken")
+        return control
+
+    def extra_repr(self) -> str:
+        return f"geometry={self.geometry}, encoded={self.encoded}, compute_dtype={self.compute_dtype}"
 
 
-def compute_dtype(control_net: comfy.controlnet.ControlNet) -> torch.dtype:
-    """The dtype the ControlNet computes in (its manual-cast dtype, else its weights')."""
-    if control_net.manual_cast_dtype is not None:
-        return control_net.manual_cast_dtype
-    return control_net.control_model.dtype
+def control_module(control_model: torch.nn.Module) -> torch.nn.Module:
+    """The control model behind any :class:`HintAdapter`."""
+    return control_model.control_model if isinstance(control_model, HintAdapter) else control_model
 
 
-class SCGControlNet(comfy.controlnet.ControlNet):
-    """``comfy.controlnet.ControlNet`` whose hint is the SCG hint of ``cond_hint_original``."""
+def with_adapter(control_net, geometry: HintGeometry, encoded: bool) -> HintAdapter:
+    """``control_net``'s control model behind an adapter (the one it has when that one fits)."""
+    model = control_net.control_model
+    dtype = compute_dtype(control_net)
+    if isinstance(model, HintAdapter) and (model.geometry, model.encoded, model.compute_dtype) == (
+            geometry, encoded, dtype):
+        return model
+    return HintAdapter(control_module(model), geometry, encoded, dtype)
 
-    def __init__(self, source: HintSource, control_model=None, **kwargs):
-        super().__init__(control_model, **kwargs)
-        self.scg_source = source
-        self.preprocess_image = self._scg_hint
 
-    @classmethod
-    def wrap(cls, control_net: comfy.controlnet.ControlNet, source: HintSource) -> "SCGControlNet":
-        """A new SCGControlNet sharing ``control_net``'s model and settings (never mutates it)."""
-        model = control_net.control_model
-        if isinstance(model, ExactHintModel):
-            model = model.model
-        c = cls(source, None, global_average_pooling=control_net.global_average_pooling,
-                load_device=control_net.load_device, manual_cast_dtype=control_net.manual_cast_dtype)
-        c.control_model = ExactHintModel(model, source)
-        c.control_model_wrapped = control_net.control_model_wrapped
-        control_net.copy_to(c)
-        c.preprocess_image = c._scg_hint  # copy_to carried the source's preprocess_image over
-        return c
+class SCGHint:
+    """``preprocess_image`` hook: a host's hint for one latent size -> the canvas of the SCG hint.
 
-    def copy(self) -> "SCGControlNet":
-        return SCGControlNet.wrap(self, self.scg_source)
+    images: B x 3 x H x W in [0, 1], checked. The autoencoder runs on its patcher's device and
+    dtype (the sampler loads the patcher with the UNet: ``additional_models``). Holds no state
+    that changes: copies of a ControlNet share it safely.
+    """
 
-    def get_models(self):
-        return super().get_models() + [self.scg_source.patcher]
+    def __init__(self, images: torch.Tensor, patcher, modules: list[int], gains: list[float] | None,
+                 geometry: HintGeometry):
+        self.images, self.patcher, self.modules, self.gains, self.geometry = images, patcher, modules, gains, geometry
 
-    def _scg_hint(self, resized: torch.Tensor) -> torch.Tensor:
-        """Core's hint-preparation hook; ``resized`` is core's latent×8 resize, used for its size.
+    def __call__(self, resized: torch.Tensor) -> torch.Tensor:
+        """resized: the host's hint, B' x 3 x H x W (the images resized to latent x 8, nearest).
 
-        Returns B×3×(latent×8) with the SCG hint of the original image (fitted to latent×8)
-        in its top-left corner and zeros elsewhere, on the autoencoder's device and dtype.
+        Returns the B' x 3 x H x W canvas of ``ae.hint`` of the images fitted to H x W (antialiased),
+        on the autoencoder's device and in its dtype. When the host picked other frames than the
+        images (B' != B: Advanced-ControlNet's context windows), its resized frames are used.
         """
         height, width = resized.shape[-2:]
-        hint = self.scg_source(self.cond_hint_original, height, width)
-        if tuple(hint.shape[-2:]) == (height, width):
-            return hint
-        out = hint.new_zeros(hint.shape[0], hint.shape[1], height, width)
-        out[..., :hint.shape[-2], :hint.shape[-1]] = hint
-        return out
+        images = fit(self.images, height, width) if resized.shape[0] == self.images.shape[0] else resized
+        ae, device = loaded_module(self.patcher)
+        hint = ae.hint(images.to(device), self.modules, self.gains)
+        try:
+            return self.geometry.to_canvas(hint, height, width, encode=False)
+        except SCGError as e:
+            raise SCGError(f"gains/modules: {e}") from None
+
+
+def compute_dtype(control_net) -> torch.dtype:
+    """The dtype the ControlNet computes in (its manual-cast dtype, else its weights')."""
+    if getattr(control_net, "manual_cast_dtype", None) is not None:
+        return control_net.manual_cast_dtype
+    return control_module(control_net.control_model).dtype

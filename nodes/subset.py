@@ -3,7 +3,8 @@
 * An any-subset ControlNet (docs/any_subset.md) is recognised by its hint block's input width,
   3 + the autoencoder's module count: *Apply SCG ControlNet* then feeds it the hint of the
   node's ``modules``/``gains`` selection followed by the selection's presence mask
-  (:func:`scg_models.subsets.subset_input`), with no extra wiring.
+  (:func:`scg_models.subsets.subset_input`), on a raw canvas like the hint's
+  (:mod:`scg_models.geometry`), with no extra wiring.
 * *Load SCG ControlNet* remembers which modules a per-group file was trained on (from its
   metadata); *Apply SCG ControlNet* warns once when such a ControlNet gets another selection.
 """
@@ -15,10 +16,11 @@ import weakref
 
 import torch
 
-from ..scg_models import formats
+from ..scg_models import SCGError, formats
 from ..scg_models.imaging import fit
 from ..scg_models.subsets import input_channels, subset_input
-from .common import HintSource, loaded_module
+from .common import loaded_module
+from .scg_controlnet import SCGHint, control_module
 
 log = logging.getLogger("SCG")
 
@@ -27,25 +29,25 @@ _TRAINED: weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, ...]] = weakref.
 _WARNED: set[tuple[int, tuple[int, ...]]] = set()
 
 
-class SubsetHintSource(HintSource):
-    """The input of an any-subset ControlNet: hint and presence mask, B x (3 + n_vector) x h x w."""
+class SubsetHint(SCGHint):
+    """``preprocess_image`` hook of an any-subset ControlNet: the raw canvas of the hint of the
+    selection (gains applied) followed by its presence mask, B x (3 + n_vector) x H x W."""
 
-    def __call__(self, images: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
-        if height is not None and width is not None:
-            images = fit(images.float(), height, width)
+    def __call__(self, resized: torch.Tensor) -> torch.Tensor:
+        height, width = resized.shape[-2:]
+        images = fit(self.images, height, width) if resized.shape[0] == self.images.shape[0] else resized
         ae, device = loaded_module(self.patcher)
         n = images.shape[0]
-        return subset_input(ae, images.to(device), [self.modules] * n,
-                            gains=None if self.gains is None else [self.gains] * n)
-
-
-def hint_block(control_model) -> torch.nn.Module | None:
-    model = getattr(control_model, "model", control_model)  # ExactHintModel wraps the real one
-    return getattr(model, "input_hint_block", None)
+        x = subset_input(ae, images.to(device), [self.modules] * n,
+                         gains=None if self.gains is None else [self.gains] * n)
+        try:
+            return self.geometry.to_canvas(x, height, width, encode=False)
+        except SCGError as e:
+            raise SCGError(f"gains/modules: {e}") from None
 
 
 def hint_width(control_net) -> int | None:
-    block = hint_block(control_net.control_model)
+    block = getattr(control_module(control_net.control_model), "input_hint_block", None)
     return getattr(block[0], "in_channels", None) if block is not None else None
 
 
@@ -54,12 +56,13 @@ def is_any_subset(control_net, ae) -> bool:
     return hint_width(control_net) == input_channels(ae.n_vector)
 
 
-def hint_source(control_net, scg_ae, modules, gains, dtype) -> HintSource:
-    """The node's hint source: hint + presence mask for an any-subset ControlNet, else the hint."""
-    if is_any_subset(control_net, scg_ae.ae):
-        return SubsetHintSource(scg_ae, modules, gains, dtype)
+def hint_hook(control_net, images, patcher, modules, gains, geometry) -> SCGHint:
+    """Apply SCG ControlNet's hint hook: hint + presence mask for an any-subset ControlNet, else the
+    hint (warning once when a per-group ControlNet gets modules it was not trained on)."""
+    if is_any_subset(control_net, patcher.model):
+        return SubsetHint(images, patcher, modules, gains, geometry)
     warn_untrained_selection(control_net, modules)
-    return HintSource(scg_ae, modules, gains, dtype)
+    return SCGHint(images, patcher, modules, gains, geometry)
 
 
 def remember_trained(control_net, cn_file: formats.ControlNetFile, name: str) -> str:
@@ -68,23 +71,22 @@ def remember_trained(control_net, cn_file: formats.ControlNetFile, name: str) ->
     kind = formats.controlnet_kind(cn_file, name)
     if kind == formats.PER_GROUP:
         try:
-            modules = json.loads(cn_file.metadata.get(formats.CONTROLNET_META_KEY, "{}")).get("modules")
-        except (ValueError, AttributeError):
-            modules = None
-        if isinstance(modules, list) and all(isinstance(m, int) for m in modules):
-            block = hint_block(control_net.control_model)
-            if block is not None:
-                _TRAINED[block] = tuple(modules)
+            info = json.loads(cn_file.metadata.get(formats.CONTROLNET_META_KEY, "{}"))
+        except ValueError:
+            info = {}
+        modules = info.get("modules") if isinstance(info, dict) else None
+        if isinstance(modules, list) and modules and all(isinstance(m, int) for m in modules):
+            _TRAINED[control_module(control_net.control_model)] = tuple(modules)
     return kind
 
 
 def warn_untrained_selection(control_net, modules) -> None:
     """Log once per ControlNet and selection when a per-group ControlNet gets modules it was not trained on."""
-    block = hint_block(control_net.control_model)
-    trained = _TRAINED.get(block) if block is not None else None
+    model = control_module(control_net.control_model)
+    trained = _TRAINED.get(model)
     if trained is None or sorted(trained) == sorted(modules):
         return
-    key = (id(block), tuple(sorted(modules)))
+    key = (id(model), tuple(sorted(modules)))
     if key in _WARNED:
         return
     _WARNED.add(key)

@@ -10,7 +10,6 @@ from .dtypes import DTYPES
 from .errors import SCGError
 
 DEFAULT_MODEL = Path(__file__).with_name("weights") / "scg_default.safetensors"
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def cmd_convert(a) -> None:
@@ -34,12 +33,20 @@ def cmd_convert(a) -> None:
     print("converted " + os.path.basename(a.src) + ": " + "; ".join(parts))
 
 
-def _images(paths):
-    for p in map(Path, paths):
-        if p.is_dir():
-            yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS)
+def _images(paths) -> list[str]:
+    """Files given, and the images under folders given (regular files only, no link loops)."""
+    from .imaging import scan_images
+
+    found = []
+    for p in paths:
+        if os.path.isdir(p):
+            files, skipped = scan_images(p)
+            found += files
+            for reason, n in sorted(skipped.items()):
+                print(f"skipped {n} entr{'y' if n == 1 else 'ies'} in {p}: {reason}", file=sys.stderr)
         else:
-            yield p
+            found.append(p)
+    return found
 
 
 def _save_png(image, path: Path) -> None:
@@ -54,9 +61,9 @@ def _save_png(image, path: Path) -> None:
 def cmd_extract(a) -> None:
     import numpy as np
     import torch
-    from PIL import Image
 
     from . import load_autoencoder
+    from .imaging import ImageFileError, load_image
 
     model = a.model or DEFAULT_MODEL
     if not Path(model).is_file():
@@ -78,12 +85,16 @@ def cmd_extract(a) -> None:
         from .grid import group_grid
     for p in tqdm(paths, desc="extract", unit="img", disable=len(paths) < 2):
         try:
-            img = Image.open(p)
-            img.load()
-        except Exception as e:  # unreadable images are reported, not fatal
+            pixels = load_image(p, dtype=np.float32)
+        except ImageFileError as e:  # unreadable images are reported, not fatal
             print(f"skipped {p}: {e}", file=sys.stderr)
             continue
-        x = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        try:
+            x = ae.check_images(torch.from_numpy(pixels).permute(2, 0, 1)[None], name=str(p))
+        except SCGError as e:  # e.g. smaller than the kernel: reported, not fatal
+            print(f"skipped {e}", file=sys.stderr)
+            continue
+        p = Path(p)
         if a.grid:
             sheet = group_grid(ae, x, [g for g in groups if g in ae.groups] or None)[0]
             _save_png(sheet, Path(a.output) / f"{p.stem}_groups.png")

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import SCGError
+from .geometry import HintGeometry
 from .gonlin import GONLINS, Gonlin
 from .groups import default_groups, parse_gains, resolve_modules, validate_groups
 from .ops import conv2d_polyphase, conv_transpose2d_full
@@ -49,16 +50,100 @@ class AutoencoderConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AutoencoderConfig":
+    def from_dict(cls, d: dict) -> AutoencoderConfig:
+        """A config from its JSON form (file metadata): every field checked, see :meth:`validate`."""
+        if not isinstance(d, dict):
+            raise SCGError(f"autoencoder config: expected a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise SCGError(f"autoencoder config: unknown field(s) {unknown}")
+            raise SCGError(f"autoencoder config: unknown field(s) {unknown[:8]}")
         d = dict(d)
         for k in ("mean", "std"):
             if k in d:
-                d[k] = tuple(float(v) for v in d[k])
-        return cls(**d)
+                d[k] = _triple(k, d[k])
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check every field before anything is allocated; :class:`SCGError` names the field.
+
+        Bounds (generous: the released model is Bipolar 16x4, stride 4, 4 400 parameters):
+        ``n_vector`` 1..MAX_VECTORS, ``vector_length`` 1..MAX_VECTOR_LENGTH, channels at most
+        MAX_CHANNELS, ``stride`` 1..MAX_STRIDE, Vanilla ``kernel_size`` odd 1..MAX_KERNEL, ``padding``
+        0..K-1, at most MAX_PARAMETERS weights; ``mean`` finite in [-10, 10] and ``std`` in [1e-3, 1e3]
+        (inputs are images in [0, 1]: outside these the normalised input is garbage or overflows).
+        """
+        if self.gonlin not in GONLINS:
+            raise SCGError(f"gonlin: unknown factorisation {self.gonlin!r}; known: {', '.join(GONLINS)}")
+        if self.activation not in ACTIVATIONS:
+            raise SCGError(f"activation: {self.activation!r} is not one of {ACTIVATIONS}")
+        nv = _int_field("n_vector", self.n_vector, 1, MAX_VECTORS)
+        vl = _int_field("vector_length", self.vector_length, 1, MAX_VECTOR_LENGTH)
+        if nv * vl > MAX_CHANNELS:
+            raise SCGError(f"n_vector x vector_length: {nv} x {vl} = {nv * vl} channels; at most {MAX_CHANNELS}")
+        _int_field("stride", self.stride, 1, MAX_STRIDE)
+        k = 21
+        if self.gonlin == "Vanilla":
+            k = 21 if self.kernel_size is None else _int_field("kernel_size", self.kernel_size, 1, MAX_KERNEL)
+        elif self.kernel_size is not None:
+            _int_field("kernel_size", self.kernel_size, 1, MAX_KERNEL)  # fixed by the gonlin; only sanity-checked
+        if self.gonlin == "Vanilla":
+            k_real = k
+        else:
+            k_real = {"Bipolar_ks3": 15, "Vanilla_2layer": 13, "Vanilla_2layer_nogroup": 13}.get(self.gonlin, 21)
+        if self.padding is not None:
+            _int_field("padding", self.padding, 0, k_real - 1)
+        params = _parameter_count(self.gonlin, nv, vl, k_real)
+        if params > MAX_PARAMETERS:
+            raise SCGError(f"n_vector/vector_length/kernel_size: {self.gonlin} {nv}x{vl} would hold {params} "
+                           f"weights; at most {MAX_PARAMETERS}")
+        for name, lo, hi in (("mean", -10.0, 10.0), ("std", 1e-3, 1e3)):
+            for i, v in enumerate(_triple(name, getattr(self, name))):
+                if not (math.isfinite(v) and lo <= v <= hi):
+                    raise SCGError(f"{name}[{i}]: {v!r} is not a finite number in [{lo:g}, {hi:g}]")
+        if self.groups is not None and not isinstance(self.groups, (list, tuple)):
+            raise SCGError(f"groups: expected a list of {{name, modules, description}}, got {type(self.groups).__name__}")
+        if not isinstance(self.info, dict):
+            raise SCGError(f"info: expected a JSON object, got {type(self.info).__name__}")
+
+
+#: bounds of :meth:`AutoencoderConfig.validate`
+MAX_VECTORS, MAX_VECTOR_LENGTH, MAX_CHANNELS, MAX_STRIDE, MAX_KERNEL = 1024, 256, 4096, 32, 63
+MAX_PARAMETERS = 1 << 24
+
+
+def _int_field(name: str, v, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+        raise SCGError(f"{name}: expected an integer in {lo}..{hi}, got {v!r}")
+    if not lo <= v <= hi:
+        raise SCGError(f"{name}: {v!r} is out of range; expected an integer in {lo}..{hi}")
+    return int(v)
+
+
+def _triple(name: str, v) -> tuple[float, float, float]:
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != 3:
+        raise SCGError(f"{name}: expected 3 numbers (R, G, B), got {v!r}"[:200])
+    try:
+        return tuple(float(x) for x in v)
+    except (TypeError, ValueError, OverflowError):
+        raise SCGError(f"{name}: expected 3 numbers (R, G, B), got {v!r}"[:200]) from None
+
+
+def _parameter_count(gonlin: str, nv: int, vl: int, k: int) -> int:
+    c = nv * vl
+    return {"Vanilla": c * 3 * k * k, "Vanilla_2layer": nv * 75 + c * 25,
+            "Vanilla_2layer_nogroup": nv * 75 + c * nv * 25}.get(gonlin, 2 * nv * 75 + nv * 25 + c * 25 + 6 * nv)
+
+
+#: largest composite-kernel entry a loaded autoencoder may have. The released model peaks at 0.27 and
+#: its hints at about 2; a hint grows with the square of the kernel, so 100 already means hints near
+#: 1e5 (beyond fp16). Only a corrupt or hostile file goes further (weights x1e15 overflow to inf).
+MAX_KERNEL_ABS = 100.0
+#: largest factor weight (the released model's peak at 0.61); the hint path runs the factor cascade
+#: on them directly, so one huge factor overflows there even when the composite kernel stays small
+MAX_WEIGHT_ABS = 1000.0
 
 
 class ModularAutoencoder(nn.Module):
@@ -72,15 +157,8 @@ class ModularAutoencoder(nn.Module):
     def __init__(self, config: AutoencoderConfig | None = None):
         super().__init__()
         cfg = config or AutoencoderConfig()
-        if cfg.gonlin not in GONLINS:
-            raise SCGError(f"gonlin: unknown factorisation {cfg.gonlin!r}; known: {', '.join(GONLINS)}")
-        if cfg.activation not in ACTIVATIONS:
-            raise SCGError(f"activation: {cfg.activation!r} is not one of {ACTIVATIONS}")
-        for k in ("n_vector", "vector_length", "stride"):
-            if int(getattr(cfg, k)) < 1:
-                raise SCGError(f"{k} must be ≥ 1; got {getattr(cfg, k)}")
-        if len(cfg.mean) != 3 or len(cfg.std) != 3 or min(cfg.std) <= 0:
-            raise SCGError(f"normalisation: need 3 means and 3 positive stds; got {cfg.mean}, {cfg.std}")
+        cfg.validate()
+        cfg.mean, cfg.std = _triple("mean", cfg.mean), _triple("std", cfg.std)
         kw = {"kernel_size": int(cfg.kernel_size or 21)} if cfg.gonlin == "Vanilla" else {}
         self.gonlin: Gonlin = GONLINS[cfg.gonlin](cfg.n_vector, cfg.vector_length, 3, **kw)
         self.n_vector, self.vector_length = int(cfg.n_vector), int(cfg.vector_length)
@@ -99,12 +177,31 @@ class ModularAutoencoder(nn.Module):
 
     # --- groups -----------------------------------------------------------------------
     @property
-    def groups(self) -> "OrderedDict[str, list[int]]":
+    def groups(self) -> OrderedDict[str, list[int]]:
         return OrderedDict((g["name"], list(g["modules"])) for g in self.config.groups)
 
     @property
     def group_descriptions(self) -> dict[str, str]:
         return {g["name"]: g["description"] for g in self.config.groups}
+
+    def check_weights(self, name: str = "autoencoder") -> None:
+        """Refuse weights that make every hint garbage: non-finite, a factor beyond :data:`MAX_WEIGHT_ABS`,
+        or a composite kernel beyond :data:`MAX_KERNEL_ABS`. :class:`SCGError` names the factor."""
+        params = {key: p.detach() for key, p in self.named_parameters()}
+        for key, p in params.items():
+            if not torch.isfinite(p).all():
+                raise SCGError(f"{name}: non-finite values in {key}")
+            top = float(p.abs().max()) if p.numel() else 0.0
+            if top > MAX_WEIGHT_ABS:  # the factor cascade computes with these directly: inf * 0 = NaN
+                raise SCGError(f"{name}: weights out of range: {key} reaches {top:.3g} (a trained autoencoder's "
+                               f"weights stay below {MAX_WEIGHT_ABS:g})")
+        with torch.no_grad():
+            peak = float(self.kernel().float().abs().max())
+        if not peak <= MAX_KERNEL_ABS:
+            key, p = max(params.items(), key=lambda kv: float(kv[1].abs().max()))
+            raise SCGError(f"{name}: weights out of range: the composite kernel reaches {peak:.3g} (a trained "
+                           f"autoencoder stays below {MAX_KERNEL_ABS:g}); largest value {float(p.abs().max()):.3g} "
+                           f"in {key}")
 
     def set_groups(self, groups: list[dict]) -> None:
         """Replace the groups (entries ``{name, modules, description}``)."""
@@ -159,8 +256,7 @@ class ModularAutoencoder(nn.Module):
     # --- inference: the hint, computing only what the selection needs -----------------
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Hint size for an H×W input (509×509 for 512×512 with the released model)."""
-        s, k, p = self.stride, self.kernel_size, self.padding
-        return tuple(((n + 2 * p - k) // s) * s + k - 2 * p for n in (height, width))
+        return HintGeometry.of(self).hint_size(height, width)
 
     def check_images(self, images, name: str = "images") -> torch.Tensor:
         """Validate a B×3×H×W batch in [0, 1]; raise :class:`SCGError` naming the problem."""
@@ -205,12 +301,12 @@ class ModularAutoencoder(nn.Module):
     def hint(self, images: torch.Tensor, modules, gains=None) -> torch.Tensor:
         """The ControlNet hint of a module selection.
 
-        images: B×3×H×W in [0, 1]. modules: see :meth:`resolve_modules`. gains: see
-        :func:`scg_models.groups.parse_gains`. Returns B×3×h×w (:meth:`output_size`),
+        images: B×3×H×W in [0, 1], finite, at least the kernel size: trusted, not checked here (check
+        them where they enter, with :meth:`check_images`). modules: see :meth:`resolve_modules`. gains:
+        see :func:`scg_models.groups.parse_gains`. Returns B×3×h×w (:meth:`output_size`),
         un-normalised, in the model's dtype. No gradient. Only the selected modules'
         channels are encoded and decoded.
         """
-        self.check_images(images)
         mods = self.resolve_modules(modules)
         gains = parse_gains(gains, mods, self.n_vector, self.groups)
         p = next(self.parameters())
@@ -236,7 +332,7 @@ class ModularAutoencoder(nn.Module):
 
     @torch.no_grad()
     def preview(self, images: torch.Tensor, modules, gains=None, eps: float = 1e-6) -> torch.Tensor:
-        """The hint min-max scaled per image and channel to [0, 1] (B×3×h×w).
+        """The hint min-max scaled per image and channel to [0, 1] (B×3×h×w); images trusted as in :meth:`hint`.
 
         A channel whose range is below ``eps`` (near-constant) shows as 0.5, not noise.
         """

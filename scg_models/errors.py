@@ -11,3 +11,7 @@ class CheckpointError(SCGError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A pickle that asks to run code (or build an unknown object) while loading."""
+
+
+class FileWriteError(SCGError):
+    """A model file that could not be written (a full disk, no permission); nothing was left behind."""

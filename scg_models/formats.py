@@ -15,7 +15,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -24,8 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .autoencoder import AutoencoderConfig, ModularAutoencoder
-from .errors import CheckpointError, SCGError
-from .safe_pickle import safe_torch_load
+from .errors import CheckpointError, FileWriteError, SCGError
+from .files import TEMP_SUFFIX, atomic_write  # noqa: F401  (TEMP_SUFFIX re-exported)
+from .safe_pickle import safe_load
 
 META_KEY = "scg_autoencoder"
 CONTROLNET_META_KEY = "scg_controlnet"
@@ -47,7 +47,7 @@ def _kind(path: str) -> str:
                 try:
                     json.loads(fh.read(n) if n < 1 << 27 else b"")
                     return "safetensors"
-                except ValueError:
+                except (ValueError, RecursionError):
                     pass
     except OSError as e:
         raise CheckpointError(f"{path}: cannot open ({e.strerror or e})") from None
@@ -56,6 +56,8 @@ def _kind(path: str) -> str:
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "pickle"
     if head[8:9] == b"{":
+        if n + 8 <= size:
+            raise CheckpointError(f"{path}: corrupt safetensors file (its {n}-byte header is not valid JSON)")
         raise CheckpointError(f"{path}: truncated safetensors file (header says {n + 8}+ bytes, file has {size})")
     raise CheckpointError(f"{path}: unknown file format (neither safetensors nor a PyTorch checkpoint)")
 
@@ -79,14 +81,20 @@ def read_file(path: str) -> RawFile:
             return RawFile(load_file(path), dict(meta))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: corrupt safetensors file ({e})") from None
-    obj = safe_torch_load(path)
+    obj = safe_load(path)
     arg = None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         arg = obj.get("arg")
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    tensors = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        if isinstance(k, bool) or not isinstance(k, (str, int)):
+            raise CheckpointError(f"{path}: state dict key of type {type(k).__name__} (keys are names); refused")
+        tensors[str(k)] = v
     return RawFile(tensors, {}, arg)
 
 
@@ -101,13 +109,32 @@ def _strip(tensors: Mapping[str, torch.Tensor], prefixes) -> dict[str, torch.Ten
 
 def _arg_value(arg, name, default=None):
     v = getattr(arg, name, default)
-    return v[0] if isinstance(v, (list, tuple)) else v
+    if isinstance(v, (list, tuple)):
+        if len(v) != 1:
+            raise CheckpointError(f"arg.{name}: expected one value, got {len(v)}")
+        v = v[0]
+    return v
+
+
+def _arg_int(arg, name, default=None):
+    v = _arg_value(arg, name, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise CheckpointError(f"arg.{name}: expected an integer, got {v!r}"[:200])
+    return v
 
 
 def _infer_config(factors: Mapping[str, torch.Tensor], path: str, arg=None) -> AutoencoderConfig:
     """Config of an authors'-format autoencoder from its factor shapes (and ``arg``)."""
     def shape(k):
-        return tuple(factors[k].shape) if k in factors else None
+        t = factors.get(k)
+        if t is None:
+            return None
+        if t.dim() != 4 or min(t.shape) < 1:
+            raise CheckpointError(f"weight {k!r} has shape {tuple(t.shape)}; expected 4 non-empty dims "
+                                  "(out, in, kH, kW)")
+        return tuple(t.shape)
 
     named = _arg_value(arg, "gonlin") if arg is not None else None
     first = shape("c1_1.weight") or shape("c1_2_1.weight")
@@ -121,30 +148,39 @@ def _infer_config(factors: Mapping[str, torch.Tensor], path: str, arg=None) -> A
     elif shape("c1.weight"):
         gonlin, nv = "Vanilla", None
     else:
-        raise CheckpointError(f"{path}: no autoencoder factor weights found (expected c1_1/c1_2_1/c1_2_2/c2 "
+        raise CheckpointError(f"no autoencoder factor weights found (expected c1_1/c1_2_1/c1_2_2/c2 "
                               f"or c1/c2); keys: {sorted(factors)[:8]}")
     if named is not None and named != gonlin:
-        raise CheckpointError(f"{path}: arg.gonlin is {named!r} but the weights are shaped like {gonlin!r}")
+        raise CheckpointError(f"arg.gonlin is {named!r} but the weights are shaped like {gonlin!r}")
     cfg = {"gonlin": gonlin}
     if arg is not None:
-        rn = int(_arg_value(arg, "rot_num", 1) or 1)
-        nv_arg, vl_arg = _arg_value(arg, "n_vector"), _arg_value(arg, "vector_length")
+        rn = _arg_int(arg, "rot_num", 1)
+        rn = 1 if rn is None else rn
+        if rn < 1:
+            raise CheckpointError(f"arg.rot_num: {rn} is not a positive integer")
+        nv_arg, vl_arg = _arg_int(arg, "n_vector"), _arg_int(arg, "vector_length")
         if nv_arg is not None and vl_arg is not None:
-            cfg["n_vector"], cfg["vector_length"] = int(nv_arg) // rn, int(vl_arg) * rn
+            cfg["n_vector"], cfg["vector_length"] = nv_arg // rn, vl_arg * rn
         if _arg_value(arg, "lgn_stride") is not None:
-            cfg["stride"] = int(_arg_value(arg, "lgn_stride"))
+            cfg["stride"] = _arg_int(arg, "lgn_stride")
         cfg["activation"] = _arg_value(arg, "activate_fn")
         if gonlin == "Vanilla" and _arg_value(arg, "lgn_kernel_size") is not None:
-            cfg["kernel_size"] = int(_arg_value(arg, "lgn_kernel_size"))
+            cfg["kernel_size"] = _arg_int(arg, "lgn_kernel_size")
     total = (shape("c2.weight") or shape("c1.weight") or (nv * 4,))[0]
     if "n_vector" not in cfg:
-        nv = nv or total // 4
-        cfg["n_vector"], cfg["vector_length"] = nv, total // nv
+        nv = nv or max(total // 4, 1)
+        cfg["n_vector"], cfg["vector_length"] = nv, max(total // nv, 1)
     if gonlin == "Vanilla":
         cfg.setdefault("kernel_size", shape("c1.weight")[-1])
     cfg["info"] = {"source_format": "authors_pth" if arg is not None else "authors_ckpt",
                    "source_file": os.path.basename(path)}
-    return AutoencoderConfig(**cfg)
+    config = AutoencoderConfig(**cfg)
+    config.validate()
+    return config
+
+
+#: dtypes an autoencoder file may store its weights in
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def autoencoder_from_state_dict(factors: Mapping[str, torch.Tensor], config: AutoencoderConfig,
@@ -158,14 +194,41 @@ def autoencoder_from_state_dict(factors: Mapping[str, torch.Tensor], config: Aut
     if missing:
         raise CheckpointError(f"{path}: weight {missing[0]!r} is missing for gonlin {config.gonlin!r}")
     for k, v in expected.items():
-        if tuple(given[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{path}: weight {k!r} has shape {tuple(given[k].shape)}, "
+        t = given[k]
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{path}: weight {k!r} is a {type(t).__name__}, not a tensor")
+        if t.is_meta:
+            raise CheckpointError(f"{path}: weight {k!r} is a meta tensor (a shape without data); the file was saved "
+                                  "from a model that was never materialised")
+        if t.dtype not in WEIGHT_DTYPES:
+            raise CheckpointError(f"{path}: weight {k!r} has dtype {t.dtype}; expected fp16, bf16, fp32 or fp64"
+                                  + (" (convert fp8 weights to fp16 first)" if t.dtype.itemsize == 1
+                                     and t.is_floating_point() else ""))
+        if tuple(t.shape) != tuple(v.shape):
+            raise CheckpointError(f"{path}: weight {k!r} has shape {tuple(t.shape)}, "
                                   f"expected {tuple(v.shape)} for {config.gonlin} "
-                                  f"{config.n_vector}×{config.vector_length}")
-        if not given[k].is_floating_point() or not torch.isfinite(given[k]).all():
-            raise CheckpointError(f"{path}: weight {k!r} is not finite floating point")
+                                  f"{config.n_vector}x{config.vector_length}")
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: non-finite values in {k}")
     ae.load_state_dict({k: given[k].float() for k in expected})
+    try:
+        ae.check_weights(path)
+    except SCGError as e:
+        raise CheckpointError(str(e)) from None
     return ae
+
+
+def _config_of(factors, path: str, arg=None) -> AutoencoderConfig:
+    try:
+        return _infer_config(factors, path, arg)
+    except SCGError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def has_autoencoder(raw: RawFile) -> bool:
+    """Whether a file carries autoencoder weights (in any supported layout), valid or not."""
+    prefixes = (AE_PREFIX, *AUTHORS_AE_PREFIXES, *CKPT_AE_PREFIXES)
+    return META_KEY in raw.metadata or any(k.startswith(prefixes) for k in raw.tensors)
 
 
 def autoencoder_from_raw(raw: RawFile, path: str) -> ModularAutoencoder:
@@ -174,18 +237,18 @@ def autoencoder_from_raw(raw: RawFile, path: str) -> ModularAutoencoder:
     if META_KEY in raw.metadata:
         try:
             cfg = AutoencoderConfig.from_dict(json.loads(raw.metadata[META_KEY]))
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{path}: bad {META_KEY} metadata ({e})") from None
+        except (ValueError, TypeError, RecursionError) as e:  # SCGError is a ValueError
+            raise CheckpointError(f"{path}: bad {META_KEY} metadata: {e}") from None
         factors = _strip(t, (AE_PREFIX,)) or {k: v for k, v in t.items() if k.startswith("gonlin.")}
         return autoencoder_from_state_dict(factors, cfg, path)
     factors = _strip(t, AUTHORS_AE_PREFIXES)
     if factors:
         if raw.arg is None:
             raise CheckpointError(f"{path}: authors' autoencoder weights without their 'arg' namespace")
-        return autoencoder_from_state_dict(factors, _infer_config(factors, path, raw.arg), path)
+        return autoencoder_from_state_dict(factors, _config_of(factors, path, raw.arg), path)
     factors = _strip(t, CKPT_AE_PREFIXES)
     if factors:
-        return autoencoder_from_state_dict(factors, _infer_config(factors, path), path)
+        return autoencoder_from_state_dict(factors, _config_of(factors, path), path)
     raise CheckpointError(f"{path}: no SCG autoencoder in this file (not our .safetensors, not the authors' "
                           f".pth or SCG ControlNet .ckpt); first keys: {sorted(t)[:5]}")
 
@@ -200,22 +263,26 @@ def load_autoencoder(path, device=None, dtype=None) -> ModularAutoencoder:
     return ae.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
+#: suffix of the temporary file a save writes first; never a model extension, so no loader lists it
 def _atomic_save(tensors: dict, path: str, metadata: dict[str, str]) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+    """Write a safetensors file through :func:`atomic_write`; on any failure nothing is left.
+
+    A full disk (or any OSError) becomes a :class:`FileWriteError` naming ``path``.
+    """
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata=metadata)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is as readable as any other
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        os.chmod(tmp, 0o666 & ~umask)  # the writer makes 0600; a model file is as readable as any other
+
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        raise FileWriteError(f"{path}: cannot write ({e.strerror or e}); nothing was written") from None
+    except SafetensorError as e:  # the Rust writer reports I/O errors (a full disk) this way
+        raise FileWriteError(f"{path}: cannot write ({e}); nothing was written") from None
 
 
 def autoencoder_metadata(ae: ModularAutoencoder, info: dict | None = None) -> dict[str, str]:
@@ -273,11 +340,18 @@ def load_controlnet_file(path) -> ControlNetFile:
     path = os.fspath(path)
     raw = read_file(path)
     sd = controlnet_state_dict(raw.tensors, path)
-    try:
-        ae = autoencoder_from_raw(raw, path)
-    except CheckpointError:
-        ae = None
+    check_controlnet_tensors(sd, path)
+    ae = autoencoder_from_raw(raw, path) if has_autoencoder(raw) else None  # one it holds must be valid
     return ControlNetFile(sd, ae, dict(raw.metadata))
+
+
+def check_controlnet_tensors(sd: Mapping[str, torch.Tensor], path: str) -> None:
+    """Every ControlNet weight holds data (not meta) and finite numbers (fp8 is allowed, as ComfyUI loads it)."""
+    for k, v in sd.items():
+        if v.is_meta:
+            raise CheckpointError(f"{path}: {k!r} is a meta tensor (a shape without data)")
+        if v.is_floating_point() and not torch.isfinite(v if v.dtype.itemsize > 1 else v.to(torch.float16)).all():
+            raise CheckpointError(f"{path}: non-finite values in {k}")
 
 
 def save_controlnet(cn: ControlNetFile, path, dtype: torch.dtype | None = None, info: dict | None = None) -> None:

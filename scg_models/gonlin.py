@@ -110,7 +110,7 @@ class Bipolar(_BipolarFamily):
         self.c2 = nn.Conv2d(nv, self.n_channels, 5, 2, 2, bias=False, groups=nv)
 
 
-class Bipolar_ks3(_BipolarFamily):  # noqa: N801 (the authors' name)
+class Bipolar_ks3(_BipolarFamily):
     """Bipolar with 3×3 first-stage kernels: composite 15×15."""
 
     k1 = 3
@@ -124,7 +124,7 @@ class Bipolar_ks3(_BipolarFamily):  # noqa: N801 (the authors' name)
         self.c2 = nn.Conv2d(nv, self.n_channels, 5, 2, 2, bias=False, groups=nv)
 
 
-class Bipolar_1x1(_BipolarFamily):  # noqa: N801
+class Bipolar_1x1(_BipolarFamily):
     """Bipolar with 1×1 colour mixing per path, then per-module spatial kernels: 21×21."""
 
     def __init__(self, n_vector: int, vector_length: int, in_channels: int = 3):
@@ -157,7 +157,7 @@ class Vanilla(Gonlin):
         return self.c1.weight
 
 
-class Vanilla_2layer(Gonlin):  # noqa: N801
+class Vanilla_2layer(Gonlin):
     """5×5 stride-2 RGB conv to one map per module, then a grouped 5×5 stride-2 conv: 13×13."""
 
     groups_c2 = True
@@ -177,7 +177,7 @@ class Vanilla_2layer(Gonlin):  # noqa: N801
         return F.conv_transpose2d(out, self.c1.weight, stride=2)
 
 
-class Vanilla_2layer_nogroup(Vanilla_2layer):  # noqa: N801
+class Vanilla_2layer_nogroup(Vanilla_2layer):
     """As Vanilla_2layer, but the second conv mixes all modules' maps."""
 
     groups_c2 = False

@@ -95,13 +95,13 @@ def group_grid(ae: ModularAutoencoder, images: torch.Tensor, groups: Sequence[st
                gap: int = 4, max_columns: int = 5) -> torch.Tensor:
     """Every group's preview (:meth:`ModularAutoencoder.preview`) side by side, one sheet per image.
 
-    images: B×3×H×W in [0, 1]. groups: names from ``ae.groups`` (default: all, in order).
+    images: B×3×H×W in [0, 1], trusted as in :meth:`ModularAutoencoder.hint` (checked where they enter).
+    groups: names from ``ae.groups`` (default: all, in order).
     ``include_input`` puts the input image first; ``labels`` writes each tile's name;
     tiles are the hint size, shrunk so their long side is at most ``max_tile``.
     Returns B×3×(rows·(h+gap)-gap)×(cols·(w+gap)-gap) in [0, 1], float32, on the
     images' device; the gaps are dark grey.
     """
-    ae.check_images(images)
     names = list(ae.groups) if groups is None else list(groups)
     unknown = [g for g in names if g not in ae.groups]
     if unknown:

@@ -92,6 +92,10 @@ def resolve_modules(selection, groups: Mapping[str, Sequence[int]], n_vector: in
         for part in text.split("+"):
             name = part.strip()
             if name not in groups:
+                joined = [p.strip() for p in re.split(r"[,; ]+", name) if p.strip()]
+                if len(joined) > 1 and all(p in groups for p in joined):
+                    raise SCGError(f"modules: {name!r} lists groups with commas; join groups with '+': "
+                                   f"{'+'.join(joined)!r}")
                 raise SCGError(f"modules: unknown group {name!r}; this autoencoder's groups are "
                                f"{', '.join(groups) or '(none)'}, or give module indices such as '0,1,4'")
             mods += [m for m in groups[name] if m not in mods]
@@ -101,60 +105,95 @@ def resolve_modules(selection, groups: Mapping[str, Sequence[int]], n_vector: in
     return check_modules(selection, n_vector)
 
 
+#: largest gain magnitude: the hint is linear in the gains, and beyond this any ControlNet saturates
+#: (and fp16 hints overflow); a typo such as ``1e30`` is refused rather than turned into inf
+MAX_GAIN = 100.0
+
+
+def _gain(value, where: str) -> float:
+    """One gain as a float, finite and within ``±MAX_GAIN``, or an :class:`SCGError` naming ``where``."""
+    if isinstance(value, bool):
+        raise SCGError(f"gains: {where} is {value!r}; expected a number")
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise SCGError(f"gains: {where} is {value!r}; expected a number such as 1.5") from None
+    if v != v or abs(v) == float("inf"):
+        raise SCGError(f"gains: {where} is {v}; gains must be finite numbers in [-{MAX_GAIN:g}, {MAX_GAIN:g}]")
+    if abs(v) > MAX_GAIN:
+        raise SCGError(f"gains: {where} is {v:g}; gains must lie in [-{MAX_GAIN:g}, {MAX_GAIN:g}] "
+                       "(the hint is linear in them: 2 doubles a module)")
+    return v
+
+
+def _module_key(key, where: str) -> int:
+    try:
+        return int(key)
+    except (TypeError, ValueError, OverflowError):
+        raise SCGError(f"gains: {where}: {key!r} is not a module index") from None
+
+
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$|^\s*[-+]?(nan|inf|infinity)\s*$", re.I)
+
+
 def parse_gains(gains, modules: Sequence[int], n_vector: int,
                 groups: Mapping[str, Sequence[int]] | None = None) -> list[float] | None:
     """Per-module gains for the selected ``modules``, in their order; ``None`` means all 1.
 
     ``gains``: ``None``/``""``; text such as ``"0:1.5,4:0.5"`` (with ``groups``, a group
     name may stand for its modules: ``"HC0:1.5"``); one number (``1.5`` or ``"1.5"``) for
-    every selected module; a mapping module → gain (unlisted selected modules keep 1); or
-    a sequence with one gain per selected module or one per module of the autoencoder.
+    every selected module; numbers as text (``"1.5,2"``), a mapping module -> gain (unlisted
+    selected modules keep 1), or a sequence, with one gain per selected module or one per module
+    of the autoencoder. Every gain is finite and within ``±MAX_GAIN``.
     """
     if gains is None:
         return None
     if isinstance(gains, (int, float)) and not isinstance(gains, bool):
-        gains = [float(gains)] * len(modules)
+        gains = [_gain(gains, "the gain")] * len(modules)
     elif isinstance(gains, str):
         text = gains.strip()
         if not text:
             return None
-        try:
-            gains = [float(text)] * len(modules)
-        except ValueError:
-            pass
-    if isinstance(gains, str):
-        table = {}
-        for item in re.split(r"[,;]", text):
-            if not item.strip():
-                continue
-            key, sep, val = item.partition(":")
-            try:
-                if not sep:
-                    raise ValueError
-                if groups and key.strip() in groups:
-                    table.update({m: float(val) for m in groups[key.strip()]})
+        items = [item.strip() for item in re.split(r"[,;]", text) if item.strip()]
+        if len(items) == 1 and _NUMBER.match(items[0]):
+            gains = [_gain(items[0], "the gain")] * len(modules)
+        elif items and all(_NUMBER.match(item) for item in items):
+            gains = [_gain(item, f"value {i + 1}") for i, item in enumerate(items)]
+        else:
+            table = {}
+            for item in items:
+                key, sep, val = item.partition(":")
+                key = key.strip()
+                if not sep or not key or not val.strip():
+                    named = f", group:gain pairs such as '{next(iter(groups))}:1.5'" if groups else ""
+                    raise SCGError(f"gains: cannot read {item!r}; write module:gain pairs such as "
+                                   f"'0:1.5,4:0.5'{named}, or one number for every selected module")
+                if groups and key in groups:
+                    g = _gain(val.strip(), f"the gain of group {key}")
+                    table.update({m: g for m in groups[key]})
                 else:
-                    table[int(key)] = float(val)
-            except ValueError:
-                named = f", group:gain pairs such as '{next(iter(groups))}:1.5'" if groups else ""
-                raise SCGError(f"gains: cannot read {item.strip()!r}; write module:gain pairs such as "
-                               f"'0:1.5,4:0.5'{named}, or one number for every selected module") from None
-        gains = table
+                    if not re.fullmatch(r"\d+", key):
+                        known = f"; groups: {', '.join(groups)}" if groups else ""
+                        raise SCGError(f"gains: cannot read {item!r}: {key!r} is neither a module index nor a "
+                                       f"group{known}")
+                    table[int(key)] = _gain(val.strip(), f"the gain of module {key}")
+            gains = table
     if isinstance(gains, Mapping):
-        table = {int(k): float(v) for k, v in gains.items()}
+        table = {_module_key(k, "a key"): _gain(v, f"the gain of module {k}") for k, v in gains.items()}
         stray = [m for m in table if m not in modules]
         if stray:
             raise SCGError(f"gains: module {stray[0]} has a gain but is not in the selection {list(modules)}")
-        out = [table.get(m, 1.0) for m in modules]
-    else:
-        vals = [float(v) for v in gains]
-        if len(vals) == len(modules):
-            out = vals
-        elif len(vals) == n_vector:
-            out = [vals[m] for m in modules]
-        else:
-            raise SCGError(f"gains: got {len(vals)} values; give one per selected module ({len(modules)}) "
-                           f"or one per module ({n_vector})")
-    if not all(v == v and abs(v) != float("inf") for v in out):
-        raise SCGError(f"gains: values must be finite; got {out}")
-    return out
+        return [table.get(m, 1.0) for m in modules]
+    try:
+        values = list(gains)
+    except TypeError:
+        raise SCGError(f"gains: expected text such as '0:1.5,4:0.5', a number, a mapping or a list; "
+                       f"got {type(gains).__name__}") from None
+    vals = [_gain(v, f"value {i + 1}") for i, v in enumerate(values)]
+    if len(vals) == len(modules):
+        return vals
+    if len(vals) == n_vector:
+        return [vals[m] for m in modules]
+    raise SCGError(f"gains: got {len(vals)} values; give one per selected module ({len(modules)}: modules "
+                   f"{','.join(map(str, modules))}) or one per module ({n_vector}), one number for all, or "
+                   "module:gain pairs such as '0:1.5,4:0.5'")

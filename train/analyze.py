@@ -31,11 +31,12 @@ from scg_models.analysis import (
     derive_groups,
     grating_responses,
     module_tuning,
+    rgb_kernels,
     summary,
 )
 from scg_models.groups import validate_groups
 
-from .viz import grid, kernels_rgb, line_plot, save_png
+from .viz import grid, line_plot, save_png
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -89,7 +90,7 @@ def tuning_png(ae, tunings, title: str) -> Image:
 
     R, ori, sfs = grating_responses(ae)
     vl = ae.vector_length
-    k = kernels_rgb(ae).numpy()
+    k = rgb_kernels(ae).numpy()
     tiles = []
     for t in tunings:
         curves_o, curves_f = [], []
@@ -125,11 +126,13 @@ def tuning_png(ae, tunings, title: str) -> Image:
 
 def load_model(path: str):
     """An autoencoder file, or a train.autoencoder checkpoint (to watch a run as it trains)."""
+    from scg_models.safe_pickle import safe_load
+
     from .autoencoder import TRAINER, Recipe, build_models
     from .runtime import CHECKPOINT_FORMAT
 
     if path.endswith(".pt"):
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = safe_load(path)
         if isinstance(ck, dict) and ck.get("format") == CHECKPOINT_FORMAT and ck.get("trainer") == TRAINER:
             ae, _ = build_models(Recipe(**ck["recipe"]))
             ae.load_state_dict({k[3:]: v for k, v in ck["model"].items() if k.startswith("ae.")})

@@ -25,11 +25,9 @@ import glob
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,12 +36,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scg_models.errors import SCGError
+from scg_models.errors import CheckpointError, SCGError
+from scg_models.files import MODEL_EXTENSIONS, atomic_write, remove_partials  # noqa: F401  (re-exported)
+from scg_models.safe_pickle import safe_load
 
-#: Endings of files ComfyUI (or a user) would take for a model; no temporary name ends in one.
-MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
 CHECKPOINT_FORMAT = "scg_train_checkpoint"
-_PARTIAL = re.compile(r"^\..+\.(\d+)\.partial$")
 
 
 class TrainError(SCGError):
@@ -159,79 +156,9 @@ class Dist:
 
 
 # --- files -------------------------------------------------------------------------------
-def atomic_write(path, write: Callable[[str], None]) -> str:
-    """``write(temp_path)`` then rename onto ``path``: readers see the old file or the whole new one.
-
-    The temporary name is ``.NAME.PID.partial`` in the same folder (never a model extension, so
-    ComfyUI never lists it); it is fsynced before the rename, and the folder after it.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.partial")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # a folder that cannot be opened (some platforms): the rename is still atomic
-        return path
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
-
-
 def save_torch(obj, path) -> str:
     """``torch.save`` through :func:`atomic_write`."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def remove_partials(folder) -> list[str]:
-    """Delete the temporary files of killed writes in ``folder``: ours (``.NAME.PID.partial`` whose
-    process is gone), the core writer's (``.tmp-*.partial``, untouched for 10 minutes) and older
-    writers' ``.tmp-*`` files with a model extension (which ComfyUI would list). Returns them."""
-    folder = os.fspath(folder)
-    removed = []
-    for name in (os.listdir(folder) if os.path.isdir(folder) else []):
-        path = os.path.join(folder, name)
-        m = _PARTIAL.match(name)
-        if m is not None and not name.startswith(".tmp-"):
-            stale = not _alive(int(m.group(1)))
-        elif name.startswith(".tmp-") and name.endswith(".partial"):
-            stale = _untouched_for(path, 600)
-        else:
-            stale = name.startswith(".tmp-") and name.endswith(MODEL_EXTENSIONS)
-        if stale and os.path.isfile(path) and not os.path.islink(path):
-            os.unlink(path)
-            removed.append(path)
-    return removed
-
-
-def _untouched_for(path: str, seconds: float) -> bool:
-    try:
-        return time.time() - os.stat(path).st_mtime > seconds
-    except OSError:
-        return False
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # someone else's process: alive
-        return True
-    return True
 
 
 # --- stopping ------------------------------------------------------------------------------
@@ -412,11 +339,12 @@ def find_resume(resume: str | None, work_dir: str) -> str | None:
 
 
 def load_checkpoint(path: str, trainer: str) -> dict:
-    """A checkpoint written by :func:`save_checkpoint` for ``trainer`` (weights-only unpickling)."""
+    """A checkpoint written by :func:`save_checkpoint` for ``trainer``, read with the bounded,
+    data-only reader every checkpoint goes through (:func:`scg_models.safe_pickle.safe_load`)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, or one asking for more than plain data
-        raise TrainError(f"--resume {path}: not a train.{trainer} checkpoint ({type(e).__name__})") from None
+        state = safe_load(path)
+    except CheckpointError as e:  # not a torch file, or one asking for more than plain data
+        raise TrainError(f"--resume {path}: not a train.{trainer} checkpoint ({e})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrainError(f"--resume {path}: not a train.{trainer} checkpoint")
     if state.get("trainer") != trainer:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from scg_models import ModularAutoencoder
+from scg_models.analysis import rgb_kernels
 
 BG = (24, 24, 24)
 FG = (230, 230, 230)
@@ -27,17 +28,11 @@ def _paste(sheet: Image.Image, arr: np.ndarray, xy, scale: int = 1) -> None:
     sheet.paste(im, xy)
 
 
-def kernels_rgb(ae: ModularAutoencoder) -> torch.Tensor:
-    """The composite kernel as weights on RGB input in [0, 1]: W / std (C×3×K×K)."""
-    with torch.no_grad():
-        return ae.kernel().float().cpu() / ae.std.float().cpu().view(1, 3, 1, 1)
-
-
 @torch.no_grad()
 def module_sheet(ae: ModularAutoencoder, sample: torch.Tensor, scale: int = 4) -> Image.Image:
     """One row per module: its vl kernels (RGB, shared scale per module) and its reconstruction
     of ``sample`` (3×H×W in [0, 1]); the first row holds the sample and the full reconstruction."""
-    k = kernels_rgb(ae).numpy()
+    k = rgb_kernels(ae).numpy()
     nv, vl, K = ae.n_vector, ae.vector_length, ae.kernel_size
     p = next(ae.parameters())
     x = ae.normalize(sample[None].to(p))

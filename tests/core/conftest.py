@@ -1,6 +1,7 @@
-import sys
-from pathlib import Path
+"""Core tier: prints the fuzz suite's counts (cases tried, outcomes by kind) at the end of a run."""
+from scg_testing import hostile
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+
+def pytest_terminal_summary(terminalreporter):
+    if hostile.OUTCOMES:
+        terminalreporter.write_line(hostile.summary())

@@ -8,7 +8,7 @@ import torch
 
 import scg_models
 from scg_models import AutoencoderConfig, CheckpointError, ModularAutoencoder, SCGError, formats
-from authors_files import AE_KEYS, ae_factors, save_authors_pth
+from scg_testing.authors_files import ae_factors, save_authors_pth
 from scg_testing.core import images, random_ae
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def ae():
 ])
 def test_bad_images(ae, x, match):
     with pytest.raises(SCGError, match=match):
-        ae.hint(x, "HC0")
+        ae.check_images(x)  # the boundary check; ae.hint trusts what passed it
 
 
 @pytest.mark.parametrize("modules,match", [
@@ -45,13 +45,35 @@ def test_bad_selection(ae, modules, match):
 
 
 @pytest.mark.parametrize("gains,match", [
-    ([1.0, 2.0], "got 2 values.*one per selected module \\(6\\)"), ("0:x", "cannot read '0:x'"),
-    ("0=2", "cannot read"), ("3:2", "module 3 has a gain but is not in the selection"),
-    ([float("nan")] * 6, "finite"),
+    ([1.0, 2.0], "got 2 values.*one per selected module \\(6: modules 0,1,4,8,9,15\\)"),
+    ("0:x", "the gain of module 0 is 'x'; expected a number"),
+    ("0=2", "cannot read '0=2'"), ("3:2", "module 3 has a gain but is not in the selection"),
+    ([float("nan")] * 6, "value 1 is nan; gains must be finite"),
+    ("nan", "the gain is nan; gains must be finite"), ("inf", "the gain is inf"), (float("-inf"), "is -inf"),
+    ("1e308", "the gain is 1e\\+308; gains must lie in \\[-100, 100\\]"), (1e308, "must lie in"),
+    ("HC0:1e30", "the gain of group HC0 is 1e\\+30; gains must lie in"), ("0:nan", "module 0 is nan"),
+    ("1.5,2", "got 2 values; give one per selected module \\(6: modules 0,1,4,8,9,15\\).*module:gain pairs"),
+    ("HC9:2,x:1", "'x' is neither a module index nor a group"), ({0: "a"}, "module 0 is 'a'"),
+    ({"z": 1.0}, "'z' is not a module index"), (object(), "got object"), ([True] * 6, "expected a number"),
 ])
 def test_bad_gains(ae, gains, match):
     with pytest.raises(SCGError, match=match):
         ae.hint(images(1, 32, 32), "HC0", gains)
+
+
+def test_comma_joined_groups_suggest_plus(ae):
+    with pytest.raises(SCGError, match="join groups with '\\+': 'HC0\\+HC1'"):
+        ae.resolve_modules("HC0,HC1")
+    with pytest.raises(SCGError, match="unknown group 'HC0,HC42'"):
+        ae.resolve_modules("HC0,HC42")
+
+
+def test_good_gains_text(ae):
+    assert scg_models.parse_gains("1.5,2", [0, 3], 16) == [1.5, 2.0]
+    assert scg_models.parse_gains(" 0:1.5; 3:-0.5 ", [0, 3], 16) == [1.5, -0.5]
+    assert scg_models.parse_gains("HC1:2", [2, 3, 5], 16, ae.groups) == [2.0, 2.0, 1.0]
+    assert scg_models.parse_gains(".5", [0, 3], 16) == [0.5, 0.5]
+    assert scg_models.parse_gains(100, [0], 16) == [100.0]
 
 
 def test_good_selections(ae):
@@ -73,7 +95,7 @@ def test_small_model_selection_too_big():
 
 @pytest.mark.parametrize("cfg,match", [({"gonlin": "Bipolar2"}, "unknown factorisation"),
                                        ({"activation": "tanh"}, "activation"), ({"n_vector": 0}, "n_vector"),
-                                       ({"std": (1, 0, 1)}, "positive")])
+                                       ({"std": (1, 0, 1)}, r"std\[1\]: 0.0 is not a finite number")])
 def test_bad_config(cfg, match):
     with pytest.raises(SCGError, match=match):
         ModularAutoencoder(AutoencoderConfig(**cfg))
@@ -117,7 +139,7 @@ def test_truncated_unknown_and_foreign_files(tmp_path):
 
 
 def test_gonlin_mismatch_between_arg_and_weights(tmp_path):
-    from authors_files import authors_arg
+    from scg_testing.authors_files import authors_arg
 
     save_authors_pth(tmp_path / "m.pth", ae_factors(), authors_arg(gonlin="Vanilla_2layer"))
     with pytest.raises(CheckpointError, match="arg.gonlin is 'Vanilla_2layer'"):
@@ -133,14 +155,14 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(formats, "save_file", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(SCGError, match="out.safetensors: cannot write"):
         scg_models.save_autoencoder(random_ae(seed=2), path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors"]
 
 
 def test_cli_extract_and_errors(tmp_path):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     model = tmp_path / "ae.safetensors"
     scg_models.save_autoencoder(random_ae(), model)

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 import scg_models
 from scg_models import AUTHORS_GROUPS, CheckpointError, formats
-from authors_files import ae_factors, authors_arg, save_authors_ckpt, save_authors_pth, tiny_controlnet_keys
+from scg_testing.authors_files import ae_factors, authors_arg, save_authors_ckpt, save_authors_pth, tiny_controlnet_keys
 from scg_testing.core import images, random_ae
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def test_canonical_round_trip_exact(tmp_path, gonlin, kw):
         meta = json.loads(fh.metadata()["scg_autoencoder"])
     for key in ("gonlin", "n_vector", "vector_length", "stride", "padding", "activation", "mean", "std", "groups"):
         assert key in meta
-    assert not list(tmp_path.glob(".tmp-*")), "temporary file left behind"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ae.safetensors"], "temporary file left behind"
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
@@ -109,7 +109,7 @@ def test_convert_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "scg_models", "convert", str(src), "--controlnet", str(out_cn),
                         "--autoencoder", str(out_ae), "--dtype", "fp16"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "ControlNet" in r.stdout and "autoencoder Bipolar 16×4" in r.stdout and r.stdout.count("\n") == 1
+    assert "ControlNet" in r.stdout and "autoencoder Bipolar 16x4" in r.stdout and r.stdout.count("\n") == 1
     raw = formats.read_file(out_cn)
     cn_keys = [k for k in raw.tensors if not k.startswith("scg_autoencoder.")]
     assert all(raw.tensors[k].dtype == torch.float16 for k in cn_keys)

@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from scg_testing.evaluate import RES, as_authors_ckpt, ensure_torchaudio, make_images, tiny_base, tiny_controlnet
+from scg_testing import torchaudio_stub
+from scg_testing.evaluate import RES, as_authors_ckpt, make_images, tiny_base, tiny_controlnet
 from scg_testing.hosts import find_host
 
 HOST = find_host()
@@ -32,7 +33,7 @@ def files(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     if "comfy.model_management" not in sys.modules:
-        ensure_torchaudio()
+        torchaudio_stub.install()
     sd15.import_comfy(HOST, cpu=True)
     root = tmp_path_factory.mktemp("eval")
     base = tiny_base(root / "tiny_sd15.safetensors")

@@ -1,11 +1,11 @@
 """Host tier: a real ComfyUI, imported in-process once per session, with this pack loaded by its own loader.
 
-Without a host every ``test_host_*.py`` module is left out (they import ComfyUI) and
-``test_find_host.py`` reports the skip with its reason, so ``-rs`` shows it loudly.
+The host is :func:`scg_testing.hosts.find_host` (``$COMFYUI_PATH`` first). Without one every
+``test_host_*.py`` module is left out (they import ComfyUI) and ``test_find_host.py`` reports the
+skip with its reason, so ``-rs`` shows it loudly.
 """
 import asyncio
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -13,29 +13,34 @@ from types import SimpleNamespace
 
 import pytest
 
+from scg_testing import torchaudio_stub
+from scg_testing.hosts import find_host
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from find_host import find_host  # noqa: E402
-
-sys.path.remove(str(ROOT / "tests"))  # tests/ holds folders (train, core) that must not shadow packages
-
 HOST = find_host()
 NO_HOST = ("no ComfyUI host found ($COMFYUI_PATH, the ComfyUI that holds this extension in custom_nodes/, "
            "~/comfy/ComfyUI): the host tests are SKIPPED")
 
+
 if HOST is None:
     collect_ignore_glob = ["test_host_*.py"]
 else:
-    for p in (str(ROOT), str(HOST)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    from comfy.cli_args import args  # noqa: E402  (must come before anything imports comfy.model_management)
+    # The one sys.path edit of the test suite, and an unavoidable one: ComfyUI is not an installable
+    # package; its top-level modules (comfy, nodes, execution, folder_paths...) are importable only
+    # from its checkout, as they are when ComfyUI runs. It goes first, so ComfyUI's nodes.py wins.
+    if str(HOST) not in sys.path:
+        sys.path.insert(0, str(HOST))
+    torchaudio_stub.install()
+    from comfy.cli_args import args  # must come before anything imports comfy.model_management
 
     args.cpu = True
 
 
 def pytest_report_header(config):
-    return f"ComfyUI host: {HOST}" if HOST else f"!!! {NO_HOST}"
+    if HOST is None:
+        return f"!!! {NO_HOST}"
+    stub = "torchaudio" in sys.modules and sys.modules["torchaudio"].__spec__.origin is None
+    return f"ComfyUI host: {HOST}" + (" (!!! torchaudio is a stub)" if stub else "")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -56,6 +61,7 @@ def host(tmp_path_factory):
     import comfy.model_management  # noqa: F401
     import execution
     import folder_paths
+
     import nodes
 
     base = tmp_path_factory.mktemp("comfy")
@@ -73,8 +79,8 @@ def host(tmp_path_factory):
         dirs.models[kind] = d
 
     assert asyncio.run(nodes.load_custom_node(str(ROOT), module_parent="custom_nodes")), "pack failed to load"
-    canny = os.path.join(str(HOST), "comfy_extras", "nodes_canny.py")
-    asyncio.run(nodes.load_custom_node(canny, module_parent="comfy_extras"))
+    canny = HOST / "comfy_extras" / "nodes_canny.py"
+    asyncio.run(nodes.load_custom_node(str(canny), module_parent="comfy_extras"))
     for kind, d in dirs.models.items():  # after the pack registered models/scg
         folder_paths.add_model_folder_path(kind, str(d), is_default=True)
     shutil.copy(ROOT / "workflows" / "scg_example.jpg", dirs.input / "scg_example.jpg")
@@ -93,3 +99,12 @@ def node(host):
 def scg_ae(host, ae):
     """What travels on an SCG_AUTOENCODER link, for the module's own ``ae`` fixture."""
     return host.pack.nodes.common.SCGAutoencoder(ae, "test-ae")
+
+
+@pytest.fixture(scope="session")
+def scg_error(host):
+    """SCGError for ``pytest.raises``: the pack's class as the host loaded it (a module named by its path)
+    and the one the tests import as ``scg_models`` (their autoencoders raise that one)."""
+    import scg_models
+
+    return host.pack.scg_models.SCGError, scg_models.SCGError

@@ -1,29 +1,49 @@
 """Which ComfyUI the host tests use; reports the skip of the whole tier when there is none."""
-import sys
+import os
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from find_host import find_host  # noqa: E402
+from scg_testing import hosts
 
-sys.path.remove(str(Path(__file__).resolve().parents[1]))
+
+def make_host(path):
+    (path / "comfy").mkdir(parents=True)
+    (path / "comfy" / "model_management.py").write_text("")
+    (path / "nodes.py").write_text("")
+    return path
 
 
 def test_host_is_found():
-    host = find_host()
+    host = hosts.find_host()
     if host is None:
-        pytest.skip("no ComfyUI host found ($COMFYUI_PATH, the ComfyUI that holds this extension in custom_nodes/, "
-                    "~/comfy/ComfyUI): the host tests are SKIPPED")
-    assert (host / "nodes.py").is_file() and (host / "comfy" / "model_management.py").is_file()
+        pytest.skip("no ComfyUI host found: the whole host tier is SKIPPED (see tests/host/conftest.py)")
+    assert hosts.is_host(host)
+    if os.environ.get("COMFYUI_PATH"):
+        assert host == Path(os.environ["COMFYUI_PATH"]).resolve()
 
 
 def test_comfyui_path_wins(tmp_path, monkeypatch):
-    fake = tmp_path / "ComfyUI"
-    (fake / "comfy").mkdir(parents=True)
-    (fake / "comfy" / "model_management.py").write_text("")
-    (fake / "nodes.py").write_text("")
+    fake = make_host(tmp_path / "ComfyUI")
     monkeypatch.setenv("COMFYUI_PATH", str(fake))
-    assert find_host() == fake.resolve()
+    assert hosts.find_host() == fake.resolve()
+
+
+def test_a_comfyui_path_without_comfyui_falls_back(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    fallback = make_host(home / "ComfyUI")
+    monkeypatch.setattr(hosts, "COMFY_HOME", home)
+    monkeypatch.setattr(hosts, "ROOT", tmp_path / "not_in_custom_nodes" / "pack")
     monkeypatch.setenv("COMFYUI_PATH", str(tmp_path / "nowhere"))
-    assert find_host() != tmp_path / "nowhere"
+    assert hosts.find_host() == fallback.resolve()  # the fallback, never the path that holds no ComfyUI
+    monkeypatch.setattr(hosts, "COMFY_HOME", tmp_path / "empty")
+    assert hosts.find_host() is None
+
+
+def test_the_comfyui_holding_the_pack_comes_before_the_default(tmp_path, monkeypatch):
+    holder = make_host(tmp_path / "MyComfy")
+    make_host(tmp_path / "home" / "ComfyUI")
+    monkeypatch.delenv("COMFYUI_PATH", raising=False)
+    monkeypatch.setattr(hosts, "COMFY_HOME", tmp_path / "home")
+    monkeypatch.setattr(hosts, "ROOT", holder / "custom_nodes" / "scg")
+    assert hosts.find_host() == holder.resolve()

@@ -1,12 +1,12 @@
 """SCGControlApply inside a real ComfyUI sampler, with tiny SD1.5-architecture models."""
+import comfy.model_management as mm
 import pytest
 import torch
 
-import comfy.model_management as mm
 import nodes
-from hosttools import (conditioning, make_images, random_ae, run_node, sample, tiny_controlnet,
-                       tiny_unet)
+from scg_models.geometry import HintGeometry
 from scg_models.imaging import fit
+from scg_testing.host import conditioning, make_images, random_ae, run_node, sample, tiny_controlnet, tiny_unet
 
 LATENT = torch.zeros(1, 4, 8, 8)
 
@@ -43,7 +43,8 @@ class HintSpy:
 
     def __init__(self, control_net, ae):
         self.hints, self.calls = [], 0
-        self.handle = control_net.control_model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        model = control_net.control_model  # the real control model (a copy wears an adapter in front of it)
+        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
         self.ae, self.original = ae, ae.hint
         ae.hint = self._count
 
@@ -118,29 +119,51 @@ def test_extraction_runs_once_per_run_and_resolution(unet, cn, ae, scg_ae, apply
         assert spy.calls == 3 and spy.hints[-1].shape[-2:] == ae.output_size(96, 64)
 
 
-def test_matches_core_apply_fed_with_hypercolumn_extract(unet, cn, ae, scg_ae, apply, node, capsys):
-    """The only difference: core resizes the hint (253 → 256 here, 509 → 512 at 512×512) before its hint block.
+def scg_controlnet(host, cn, ae):
+    """What 'Load SCG ControlNet' gives for ``cn`` (the loader test checks it on a full-size file)."""
+    c = cn.copy()
+    c.control_model = host.pack.nodes.scg_controlnet.with_adapter(cn, HintGeometry.of(ae), encoded=True)
+    return c
 
-    256×256 keeps the test quick; the relative stretch is twice that of 512×512, so this
-    bounds the 512 figure (which bench/nodes_bench.py prints).
+
+def test_hypercolumn_extract_in_core_apply_matches_scg_control_apply(host, unet, cn, ae, scg_ae, apply, node):
+    """HypercolumnExtract's hint at the generation size passes through core's Apply ControlNet unchanged.
+
+    It arrives as the encoded image and is decoded to within 4e-6 of the hint Apply SCG ControlNet
+    gives the control model; the samples agree to that precision.
     """
     pos, neg = conditioning()
-    img = make_images(height=256, width=256)
-    lat = torch.zeros(1, 4, 32, 32)
+    img = make_images(height=100, width=80)  # short side 64: fitted to 80×64, a generation of that size
+    latent = torch.zeros(1, 4, 10, 8)
     hint, preview, grid = run_node(node("HypercolumnExtract"), image=img, scg_autoencoder=scg_ae, modules="HC0",
-                                   gains="", grid="off")
-    assert hint.shape == (1, 253, 253, 3)
-    core = run_node(node("ControlNetApplyAdvanced"), positive=pos, negative=neg, control_net=cn, image=hint,
+                                   gains="", grid="off", resolution=64)
+    assert hint.shape == (1, 80, 64, 3) and preview.shape == (1, 77, 61, 3)
+    assert 0 <= hint.min() and hint.max() <= 1
+    loaded = scg_controlnet(host, cn, ae)
+    core = run_node(node("ControlNetApplyAdvanced"), positive=pos, negative=neg, control_net=loaded, image=hint,
                     strength=1.0, start_percent=0.0, end_percent=1.0)
     scg = apply(pos, neg, cn, img, scg_ae)
-    x_none = sample(unet, pos, neg, lat, steps=2)
-    x_core = sample(unet, *core, lat, steps=2)
-    x_scg = sample(unet, *scg, lat, steps=2)
-    effect = (x_scg - x_none).norm().item()
-    rel = (x_core - x_scg).norm().item() / effect
-    with capsys.disabled():
-        print(f"\n[SCG] 256×256, 2 steps: |core(HypercolumnExtract) − SCGControlApply| / |control effect| = {rel:.4f}")
-    assert effect > 1e-3 and rel < 0.02  # measured 0.003 (256×256) and 0.0036 (512×512, bench)
+    with HintSpy(cn, ae) as spy:
+        x_core = sample(unet, *core, latent, steps=2)
+        core_hint = spy.hints[-1]
+        x_scg = sample(unet, *scg, latent, steps=2)
+    assert core_hint.shape[-2:] == (77, 61) == spy.hints[-1].shape[-2:]
+    assert (core_hint - spy.hints[-1]).abs().max() <= 64 * 2.0 ** -24  # the encoding's rounding, nothing else
+    effect = (x_scg - sample(unet, pos, neg, latent, steps=2)).norm()
+    assert effect > 1e-3 and (x_core - x_scg).norm() / effect < 1e-4
+
+
+def test_the_loaders_controlnet_takes_the_raw_hint_in_scg_control_apply(host, unet, cn, ae, scg_ae, apply):
+    """The encoded-image stage 'Load SCG ControlNet' adds is swapped for the raw one on the copy: bit-exact."""
+    loaded = scg_controlnet(host, cn, ae)
+    pos, neg = conditioning()
+    img = make_images()
+    p, n = apply(pos, neg, loaded, img, scg_ae)
+    adapter = p[0][1]["control"].control_model
+    assert not adapter.encoded and adapter.control_model is cn.control_model and loaded.control_model.encoded
+    with HintSpy(cn, ae) as spy:
+        sample(unet, p, n, LATENT, steps=1)
+    assert torch.equal(spy.hints[0][:1], ae.hint(nchw(img), "HC0"))
 
 
 def test_two_scg_controls_chain_and_both_act(unet, cn, ae, scg_ae, apply):
@@ -203,17 +226,39 @@ def test_inputs_are_never_mutated(unet, cn, scg_ae, apply):
     assert torch.equal(img, img_before)
     control = p[0][1]["control"]
     assert control is n[0][1]["control"]  # one copy shared by positive and negative, as core does
+    assert type(control) is type(cn)  # the object as given, not a subclass of ours
     copied = control.copy()
     assert type(copied) is type(control) and copied is not control
-    assert copied.preprocess_image.__self__ is copied  # the hint hook follows the copy
+    assert copied.preprocess_image is control.preprocess_image  # the hint hook follows core's copies
+    assert copied.control_model is control.control_model and control.control_model.control_model is cn.control_model
+
+
+def test_the_hint_stage_is_a_module_and_a_deep_clone_shares_no_weights(cn, scg_ae, apply):
+    """What a multi-GPU clone does (``deepclone_multigpu`` on hosts that have it): deep-copy the control model."""
+    pos, neg = conditioning()
+    control = apply(pos, neg, cn, make_images(), scg_ae)[0][0][1]["control"]
+    adapter = control.control_model
+    assert isinstance(adapter, torch.nn.Module) and adapter.control_model is cn.control_model
+    assert dict(adapter.named_parameters()).keys() == {"control_model." + k for k, _ in cn.control_model.named_parameters()}
+    if hasattr(control, "deepclone_multigpu"):
+        clone = control.deepclone_multigpu(mm.get_torch_device())
+    else:  # ComfyUI 0.8 has no multi-GPU clones: do what they do
+        import copy
+
+        clone = control.copy()
+        clone.control_model = copy.deepcopy(clone.control_model)
+    assert clone.control_model is not adapter and clone.control_model.control_model is not cn.control_model
+    ours = {id(t) for t in adapter.parameters()}
+    assert not ours & {id(t) for t in clone.control_model.parameters()}
 
 
 def test_autoencoder_is_loaded_with_the_unet(unet, cn, scg_ae, apply):
     pos, neg = conditioning()
     p, n = apply(pos, neg, cn, make_images(), scg_ae)
     control = p[0][1]["control"]
-    patcher = control.scg_source.patcher
-    assert patcher in control.get_models() and cn.control_model_wrapped in control.get_models()
+    patcher = control.preprocess_image.patcher
+    assert p[0][1]["additional_models"] == [patcher] == n[0][1]["additional_models"]
+    assert cn.control_model_wrapped in control.get_models()
     sample(unet, p, n, LATENT, steps=1)
     loaded = mm.loaded_models()
     assert patcher in loaded and unet in loaded
@@ -225,7 +270,7 @@ def test_autoencoder_runs_in_the_controlnet_dtype(unet, ae, scg_ae, apply):
     cn16 = tiny_controlnet(unet, dtype=torch.bfloat16)
     img = make_images()
     p, n = apply(pos, neg, cn16, img, scg_ae)
-    patcher = p[0][1]["control"].scg_source.patcher
+    patcher = p[0][1]["control"].preprocess_image.patcher
     assert next(patcher.model.parameters()).dtype == torch.bfloat16
     assert next(ae.parameters()).dtype == torch.float32  # the shared autoencoder is untouched
     with HintSpy(cn16, patcher.model) as spy:
@@ -245,7 +290,26 @@ def test_grey_and_rgba_images_are_converted(unet, cn, ae, scg_ae, apply, caplog)
             assert word in caplog.text
             with HintSpy(cn, ae) as spy:
                 sample(unet, p, n, LATENT, steps=1)
-            assert torch.equal(spy.hints[0][:1], ae.hint(nchw(image)[:, :3].expand(-1, 3, -1, -1), "HC0"))
+            expected = ae.hint(nchw(image)[:, :3].expand(-1, 3, -1, -1), "HC0")
+            assert torch.equal(spy.hints[0][:1], expected)
+
+
+def test_a_broken_controlnet_stops_the_run_naming_it(unet, cn, scg_ae, apply, scg_error):
+    """NaN weights make NaN control: an error naming the input, not NaN latents reported as success."""
+    broken = tiny_controlnet(unet, seed=5)
+    with torch.no_grad():
+        broken.control_model.middle_block_out[0].weight.fill_(float("nan"))
+    pos, neg = conditioning()
+    p, n = apply(pos, neg, broken, make_images(), scg_ae)
+    with pytest.raises(scg_error, match="control_net: the ControlNet's output is not finite"):
+        sample(unet, p, n, LATENT, steps=1)
+
+
+def test_huge_gains_are_an_error_naming_them(unet, cn, scg_ae, apply, scg_error):
+    pos, neg = conditioning()
+    with pytest.raises(scg_error, match="^gains"):  # refused when parsed, or when the hint is made
+        p, n = apply(pos, neg, cn, make_images(), scg_ae, gains="1e30")
+        sample(unet, p, n, LATENT, steps=1)
 
 
 @pytest.mark.parametrize("case,message", [
@@ -256,10 +320,16 @@ def test_grey_and_rgba_images_are_converted(unet, cn, ae, scg_ae, apply, caplog)
     ("sdxl", "control_net: this is an SDXL-type ControlNet"),
     ("channels", "image: expected 1, 3 or 4 channels"),
     ("not_a_controlnet", "control_net: SCG needs an image ControlNet"),
+    ("strength_nan", "strength: expected a number from 0 to 10, got nan"),
+    ("start_nan", "start_percent: expected a number from 0 to 1, got nan"),
+    ("end_inf", "end_percent: expected a number from 0 to 1, got inf"),
+    ("empty", "image: the batch is empty"),
+    ("no_autoencoder", "scg_autoencoder: connect an SCG autoencoder"),
 ])
-def test_clear_errors_name_the_input(host, unet, cn, scg_ae, apply, case, message):
+def test_clear_errors_name_the_input(host, unet, cn, scg_ae, apply, scg_error, case, message):
     pos, neg = conditioning()
     img, control, ae_in, modules, gains = make_images(), cn, scg_ae, "HC0", ""
+    numbers = {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}
     if case == "mask":
         img = img[..., 0]
     elif case == "range":
@@ -276,5 +346,15 @@ def test_clear_errors_name_the_input(host, unet, cn, scg_ae, apply, case, messag
         img = torch.rand(1, 64, 64, 2)
     elif case == "not_a_controlnet":
         control = nodes.NODE_CLASS_MAPPINGS  # anything that is not a ControlNet
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        apply(pos, neg, control, img, ae_in, modules=modules, gains=gains)
+    elif case == "strength_nan":
+        numbers["strength"] = float("nan")
+    elif case == "start_nan":
+        numbers["start_percent"] = float("nan")
+    elif case == "end_inf":
+        numbers["end_percent"] = float("inf")
+    elif case == "empty":
+        img = img[:0]
+    elif case == "no_autoencoder":
+        ae_in = object()
+    with pytest.raises(scg_error, match=message.replace("(", r"\(")):
+        apply(pos, neg, control, img, ae_in, modules=modules, gains=gains, **numbers)

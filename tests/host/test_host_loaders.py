@@ -2,12 +2,12 @@
 import os
 import time
 
+import comfy.controlnet
 import pytest
 import torch
 
-import comfy.controlnet
-from hosttools import (SDXL_CONTROLNET, authors_controlnet_ckpt, random_ae, run_node, save_authors_pth)
 from scg_models import formats, save_autoencoder
+from scg_testing.host import SDXL_CONTROLNET, authors_controlnet_ckpt, random_ae, run_node, save_authors_pth
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +96,17 @@ def test_autoencoder_reloads_when_the_file_changes(host, node, ae):
 def test_load_scg_controlnet_from_the_authors_ckpt(host, node, ae, authors_ckpt):
     path, expected = authors_ckpt
     control_net, scg_ae = run_node(node("LoadSCGControlNet"), control_net_name=path.name)
-    assert type(control_net) is comfy.controlnet.ControlNet
-    sd = control_net.control_model.state_dict()
+    assert type(control_net) is comfy.controlnet.ControlNet  # core's object, built by core's loader
+    adapter = control_net.control_model  # in front of core's control model: takes HypercolumnExtract's hint
+    assert isinstance(adapter, host.pack.nodes.scg_controlnet.HintAdapter) and adapter.encoded
+    assert adapter.geometry.hint_size(512, 512) == (509, 509)
+    assert control_net.control_model_wrapped.model is adapter.control_model  # what ComfyUI loads and offloads
+    sd = adapter.control_model.state_dict()
     assert sd.keys() == expected.keys()
     for k in ("input_hint_block.0.weight", "input_hint_block.14.bias", "zero_convs.11.0.weight",
               "middle_block_out.0.weight", "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"):
         assert torch.equal(sd[k].float(), expected[k].float()), k
-    assert control_net.control_model.input_hint_block[0].in_channels == 3
+    assert adapter.control_model.input_hint_block[0].in_channels == 3
     assert same_weights(scg_ae.ae, ae)
 
 
@@ -148,17 +152,21 @@ def test_sdxl_controlnet_is_a_clear_error(host, node, ae):
 @pytest.mark.parametrize("content,message", [
     (b"not a checkpoint at all", "control_net_name: .*unknown file format"),
     ("plain", "control_net_name: 'plain_cn.safetensors' holds no SCG autoencoder"),
+    ("autoencoder", "control_net_name: 'plain_cn.safetensors' is an SCG autoencoder, not a ControlNet: move it to "
+                    "models/scg and load it with 'Load SCG Autoencoder'"),
 ])
-def test_bad_controlnet_files(host, node, content, message):
+def test_bad_controlnet_files(host, node, ae, scg_error, content, message):
     path = host.dirs.models["controlnet"] / "plain_cn.safetensors"
     if content == "plain":
         from safetensors.torch import save_file
         save_file({"input_hint_block.0.weight": torch.zeros(16, 3, 3, 3), "zero_convs.0.0.weight": torch.zeros(1)},
                   str(path))
+    elif content == "autoencoder":
+        save_autoencoder(ae, path)  # an autoencoder put in the controlnet folder by mistake
     else:
         path.write_bytes(content)
     try:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(scg_error, match=message):
             run_node(node("LoadSCGControlNet"), control_net_name=path.name)
     finally:
         path.unlink()

@@ -5,9 +5,9 @@ import logging
 
 import pytest
 import torch
-from hosttools import conditioning, make_images, run_node, sample
 
 from scg_testing import tiny_sd15
+from scg_testing.host import conditioning, make_images, run_node, sample
 from scg_testing.subsets import tiny_any_subset_controlnet
 
 #: the smallest UNet width ComfyUI's generic ControlNet loader builds (context 32)
@@ -29,9 +29,9 @@ def loader(host, node, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def any_file(host):
+def any_file(host, unet):
     path = host.dirs.models["controlnet"] / "any_tiny.safetensors"
-    tiny_any_subset_controlnet(CONFIG, path, seed=1)
+    tiny_any_subset_controlnet(unet.model.model_config.unet_config, path, seed=1)
     yield path.name
     path.unlink()
 
@@ -46,7 +46,7 @@ def test_any_subset_controlnet_runs_with_three_selections(unet, node, loader, an
     from scg_models.subsets import presence_mask
 
     cn, scg_ae = loader(any_file)
-    model = cn.control_model
+    model = cn.control_model.control_model  # the ControlNet behind the loader's hint adapter
     assert model.input_hint_block[0].in_channels == 3 + 16
     ae = scg_ae.ae
     image = make_images(height=64, width=64)
@@ -72,13 +72,13 @@ def test_any_subset_controlnet_runs_with_three_selections(unet, node, loader, an
     assert (results["HC0"] - plain).abs().max() > 1e-4
 
 
-def test_per_group_controlnet_warns_once_for_another_selection(host, node, loader, caplog):
+def test_per_group_controlnet_warns_once_for_another_selection(host, unet, node, loader, caplog):
     from scg_models import ModularAutoencoder
     from scg_models.formats import ControlNetFile, save_controlnet
     from train.sd15 import build_controlnet, init_weights
 
     path = host.dirs.models["controlnet"] / "hc0_tiny.safetensors"
-    cm = init_weights(build_controlnet(CONFIG), 2)
+    cm = init_weights(build_controlnet(unet.model.model_config.unet_config), 2)
     torch.manual_seed(0)
     save_controlnet(ControlNetFile(dict(cm.state_dict()), ModularAutoencoder(), {}), path,
                     info={"selection": "HC0", "modules": [0, 1, 4, 8, 9, 15]})

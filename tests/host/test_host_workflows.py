@@ -6,11 +6,12 @@ import uuid
 import pytest
 import torch
 
-from hosttools import execute_prompt, node_output, random_ae, save_authors_pth
 from scg_models import minmax
-from ui_workflow import ConversionError, ui_to_api
+from scg_models.geometry import HintGeometry
+from scg_testing.host import execute_prompt, node_output, random_ae, save_authors_pth
+from scg_testing.ui_workflow import ConversionError, ui_to_api
 
-WORKFLOWS = ["hypercolumn_preview", "sd15_scg_txt2img", "scg_with_canny", "scg_manipulation"]
+WORKFLOWS = ["SCG hypercolumn preview", "SCG text to image (SD1.5)", "SCG with Canny (SD1.5)", "SCG colour manipulation (SD1.5)"]
 
 
 def load(host, name):
@@ -48,7 +49,7 @@ def test_workflow_validates_in_the_host(host, stand_in_files, name):
     assert output_nodes and set(outputs) == output_nodes  # every output validated, none ignored
     ours = {"LoadSCGAutoencoder", "LoadSCGControlNet", "HypercolumnExtract", "SCGControlApply"}
     assert node_types(workflow) & ours
-    if name != "hypercolumn_preview":
+    if name != "SCG hypercolumn preview":
         assert "SCGControlApply" in node_types(workflow)
         ckpt = next(n for n in workflow["nodes"] if n["type"] == "CheckpointLoaderSimple")
         assert ckpt["widgets_values"] == ["v1-5-pruned-emaonly.safetensors"]
@@ -56,26 +57,37 @@ def test_workflow_validates_in_the_host(host, stand_in_files, name):
 
 def test_workflow_shapes(host):
     wfs = {name: load(host, name) for name in WORKFLOWS}
-    assert "SaveImage" not in node_types(wfs["hypercolumn_preview"])  # previews only, no SD weights
-    assert not {"CheckpointLoaderSimple", "KSampler"} & node_types(wfs["hypercolumn_preview"])
-    assert {"Canny", "ControlNetLoader", "ControlNetApplyAdvanced"} <= node_types(wfs["scg_with_canny"])
-    gains = sorted(n["widgets_values"][4] for n in wfs["scg_manipulation"]["nodes"] if n["type"] == "SCGControlApply")
+    assert "SaveImage" not in node_types(wfs["SCG hypercolumn preview"])  # previews only, no SD weights
+    assert not {"CheckpointLoaderSimple", "KSampler"} & node_types(wfs["SCG hypercolumn preview"])
+    assert {"Canny", "ControlNetLoader", "ControlNetApplyAdvanced"} <= node_types(wfs["SCG with Canny (SD1.5)"])
+    gains = sorted(n["widgets_values"][4] for n in wfs["SCG colour manipulation (SD1.5)"]["nodes"] if n["type"] == "SCGControlApply")
     assert gains == ["", "0.5", "1.5"]
 
 
+def test_converter_gives_new_widgets_their_defaults(host):
+    """Workflows saved before HypercolumnExtract had ``resolution`` get its default, as the frontend does."""
+    wf = load(host, "SCG hypercolumn preview")
+    extract = next(n for n in wf["nodes"] if n["type"] == "HypercolumnExtract")
+    values = list(extract["widgets_values"])
+    prompt = ui_to_api(wf, host.nodes.NODE_CLASS_MAPPINGS)
+    inputs = prompt[str(extract["id"])]["inputs"]
+    assert [inputs[k] for k in ("modules", "gains", "grid")] == values[:3]
+    assert inputs["resolution"] == (values[3] if len(values) > 3 else 512)
+
+
 def test_converter_rejects_what_it_cannot_map(host):
-    wf = load(host, "hypercolumn_preview")
+    wf = load(host, "SCG hypercolumn preview")
     wf["nodes"][0]["widgets_values"].append("extra")
     with pytest.raises(ConversionError, match="widget values"):
         ui_to_api(wf, host.nodes.NODE_CLASS_MAPPINGS)
-    wf = load(host, "hypercolumn_preview")
+    wf = load(host, "SCG hypercolumn preview")
     wf["nodes"][0]["type"] = "NoSuchNode"
     with pytest.raises(ConversionError, match="unknown node type"):
         ui_to_api(wf, host.nodes.NODE_CLASS_MAPPINGS)
 
 
 def test_a_wrong_value_fails_host_validation(host, stand_in_files):
-    wf = load(host, "hypercolumn_preview")
+    wf = load(host, "SCG hypercolumn preview")
     extract = next(n for n in wf["nodes"] if n["type"] == "HypercolumnExtract")
     extract["widgets_values"][2] = "sideways"  # not a grid option
     prompt = ui_to_api(wf, host.nodes.NODE_CLASS_MAPPINGS)
@@ -86,7 +98,7 @@ def test_a_wrong_value_fails_host_validation(host, stand_in_files):
 
 def test_hypercolumn_preview_runs_end_to_end(host, stand_in_files):
     """With the shipped autoencoder, as a user without any download runs it."""
-    wf = load(host, "hypercolumn_preview")
+    wf = load(host, "SCG hypercolumn preview")
     loader = next(n for n in wf["nodes"] if n["type"] == "LoadSCGAutoencoder")
     assert loader["widgets_values"] == ["scg_default.safetensors"]
     prompt = ui_to_api(wf, host.nodes.NODE_CLASS_MAPPINGS)
@@ -106,15 +118,17 @@ def test_hypercolumn_preview_runs_end_to_end(host, stand_in_files):
     assert image.shape == (1, 512, 512, 3)
     hints = {t: node_output(ex, k, 0) for t, k in extracts.items()}
     base = hints["HC0+HC1, gains 1"]
-    assert base.shape == (1, 509, 509, 3)
+    assert base.shape == (1, 512, 512, 3)  # the hint image at the default resolution (the hint is 509×509)
     for label in ("colour ×2", "colour ×0.3"):
         assert not torch.allclose(hints[f"HC0+HC1, {label}"], base)
     preview = node_output(ex, extracts["HC0+HC1, colour ×2"], 1)
-    assert torch.allclose(preview, minmax(hints["HC0+HC1, colour ×2"].movedim(-1, 1)).movedim(1, -1))
+    assert preview.shape == (1, 509, 509, 3)
+    raw = HintGeometry(21, 4, 10).from_canvas(hints["HC0+HC1, colour ×2"].movedim(-1, 1), encoded=True)
+    assert torch.allclose(preview, minmax(raw).movedim(1, -1), atol=1e-4)
 
 
 def test_autoencoder_is_loaded_once_across_runs(host, stand_in_files):
-    prompt = ui_to_api(load(host, "hypercolumn_preview"), host.nodes.NODE_CLASS_MAPPINGS)
+    prompt = ui_to_api(load(host, "SCG hypercolumn preview"), host.nodes.NODE_CLASS_MAPPINGS)
     loader = next(k for k, v in prompt.items() if v["class_type"] == "LoadSCGAutoencoder")
     path = host.dirs.models["scg"] / "equ_nv16_vl4_rn1_Bipolar_norm.pth"  # the authors' layout, random weights
     save_authors_pth(random_ae(seed=21), path)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scg_testing import torchaudio_stub
 from scg_testing.hosts import find_host, frontend_root
 
 CHROMIUM = os.environ.get("SCG_CHROMIUM", "/usr/bin/chromium")
@@ -106,25 +107,6 @@ def _stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
 # --------------------------------------------------------------------------------------------------
 # ComfyUI server
 # --------------------------------------------------------------------------------------------------
-
-_TORCHAUDIO_STUB = '''"""STUB torchaudio made by the SCG browser tests: no torchaudio wheel exists for this torch.
-Importing works (ComfyUI imports it at start-up); any use raises."""
-def __getattr__(name):
-    raise ImportError(f"torchaudio.{name}: torchaudio is a stub in the SCG browser tests")
-'''
-
-
-def torchaudio_stub(folder: Path) -> Path:
-    """A stub ``torchaudio`` package in ``folder``, for the server's PYTHONPATH only: newer ComfyUI imports it at
-    start-up and no wheel exists for our torch."""
-    pkg = folder / "torchaudio"
-    pkg.mkdir(parents=True, exist_ok=True)
-    for module in ("__init__", "functional", "transforms"):
-        (pkg / f"{module}.py").write_text(_TORCHAUDIO_STUB)
-    print(f"\n!!! torchaudio is not installed: the ComfyUI server runs with a STUB torchaudio from {folder} "
-          "(audio nodes fail if used) !!!", file=sys.stderr)
-    return folder
-
 
 @dataclass
 class ComfyServer:
@@ -199,7 +181,7 @@ def comfyui_server(workdir: str | os.PathLike, *, packs: Mapping[str, str | os.P
         except HarnessError as exc:
             _stop_process(server.proc)
             if attempt == 0 and "No module named 'torchaudio'" in server.log_tail():
-                stub = torchaudio_stub(wd / "stubs")  # newer hosts import it at start-up
+                stub = torchaudio_stub.write_package(wd / "stubs")  # newer hosts import it at start-up
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(stub), env.get("PYTHONPATH")]))
                 continue
             raise HarnessError(f"{exc}\ncmd: {' '.join(server.cmd)}\n--- server log ---\n{server.log_tail()}") from None

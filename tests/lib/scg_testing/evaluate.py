@@ -6,41 +6,12 @@ imports it, so moving the builder only changes the import below.
 """
 from __future__ import annotations
 
-import importlib.machinery
-import logging
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
 RES = 32  # generation size of the tests: latent 4 x 4, hint 29 x 29
-
-
-def ensure_torchaudio() -> bool:
-    """!!! Put a stand-in ``torchaudio`` in ``sys.modules`` when it is missing (ComfyUI 0.33's comfy.sd
-    imports it unconditionally; no wheel exists for the torch these tests use). Audio never runs
-    here; any use of the stub raises, naming it. Returns True when the stub was installed."""
-    try:
-        import torchaudio  # noqa: F401
-        return False
-    except ImportError:
-        pass
-
-    def missing(name):
-        raise AttributeError(f"{name}: torchaudio is a stub in the SCG evaluation tests (no wheel for this torch)")
-
-    for name in ("torchaudio", "torchaudio.functional", "torchaudio.transforms"):
-        module = types.ModuleType(name)
-        module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=name == "torchaudio")
-        module.__path__ = []
-        module.__getattr__ = lambda attr, name=name: missing(f"{name}.{attr}")
-        sys.modules[name] = module
-    sys.modules["torchaudio"].functional = sys.modules["torchaudio.functional"]
-    sys.modules["torchaudio"].transforms = sys.modules["torchaudio.transforms"]
-    logging.getLogger("SCG.tests").warning("!!! torchaudio is missing: a stub module stands in for it")
-    return True
 
 
 def tiny_base(path: Path):

@@ -2,31 +2,15 @@
 ``workflows/api/`` (what ``POST /prompt`` takes), and the UI -> API converter both test tiers use."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
+
+from scg_testing import ui_workflow
 
 ROOT = Path(__file__).resolve().parents[3]
 WORKFLOW_DIR = ROOT / "workflows"
 API_DIR = WORKFLOW_DIR / "api"
-
-
-def _converter() -> ModuleType:
-    """``scg_testing.ui_workflow`` where it lives there, else ``tests/host/ui_workflow.py`` loaded by path."""
-    try:
-        return importlib.import_module("scg_testing.ui_workflow")
-    except ModuleNotFoundError as exc:
-        if exc.name != "scg_testing.ui_workflow":
-            raise
-    spec = importlib.util.spec_from_file_location("scg_ui_workflow", ROOT / "tests" / "host" / "ui_workflow.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ui_workflow = _converter()
 
 
 def names() -> list[str]:

@@ -1,6 +1,8 @@
-"""Tiny SD1.5-architecture models built in the test (no downloads), and small graph helpers.
+"""Host tier helpers: tiny SD1.5-architecture models built in the test (no downloads), and graph helpers.
 
-Imported only when a host is found (conftest put it on sys.path and set ``args.cpu``).
+Imported only when a host is found (tests/host/conftest.py put it on sys.path and set ``args.cpu``).
+The executor helpers work on every ComfyUI of the support matrix: they use only its public entry
+points and adapt to what changed between versions (cache arguments, async cache reads).
 ComfyUI's ops skip weight initialisation, so every module is initialised here, seeded.
 """
 from __future__ import annotations
@@ -8,9 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import inspect
 import uuid
-
-import torch
 
 import comfy.cldm.cldm
 import comfy.controlnet
@@ -20,8 +21,9 @@ import comfy.ops
 import comfy.sd
 import comfy.supported_models
 import comfy.taesd.taesd
-import nodes
+import torch
 
+import nodes
 from scg_models import AutoencoderConfig, ModularAutoencoder
 
 CONTEXT = 32
@@ -43,9 +45,9 @@ def seeded_init(module: torch.nn.Module, seed: int, std: float = 0.05) -> torch.
     return module
 
 
-def tiny_unet(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+def tiny_unet(seed: int = 0, model_channels: int = 32) -> comfy.model_patcher.ModelPatcher:
     """SD1.5-architecture UNet (32 channels, context 32) wrapped as ComfyUI's MODEL."""
-    mc = comfy.supported_models.SD15(dict(UNET_CONFIG))
+    mc = comfy.supported_models.SD15({**UNET_CONFIG, "model_channels": model_channels})
     mc.set_inference_dtype(torch.float32, None)
     model = mc.get_model({})
     seeded_init(model.diffusion_model, seed)
@@ -54,9 +56,11 @@ def tiny_unet(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
 
 
 def tiny_control_model(unet: comfy.model_patcher.ModelPatcher | None = None, seed: int = 1,
-                       dtype=torch.float32, sdxl: bool = False) -> comfy.cldm.cldm.ControlNet:
+                       dtype=torch.float32, sdxl: bool = False, model_channels: int = 32) -> comfy.cldm.cldm.ControlNet:
+    """A cldm ControlNet matching :func:`tiny_unet` (64 channels: the smallest core's ControlNet loader detects)."""
     cfg = {k: v for k, v in UNET_CONFIG.items() if k != "out_channels"}
     cfg.update(hint_channels=3, num_heads=8, num_head_channels=-1, dtype=dtype, device="cpu",
+               model_channels=model_channels,
                operations=comfy.ops.disable_weight_init)
     if sdxl:
         cfg.update(adm_in_channels=16, num_classes="sequential")
@@ -129,10 +133,7 @@ def run_node(cls, **inputs):
     """Execute a node class the way the executor does (inference mode); returns its outputs tuple."""
     with torch.inference_mode():
         if hasattr(cls, "define_schema"):  # V3
-            out = cls.execute(**inputs)
-            if asyncio.iscoroutine(out):
-                out = asyncio.run(out)
-            return tuple(out.args)
+            return tuple(resolve(cls.execute(**inputs)).args)
         obj = cls()
         return getattr(obj, cls.FUNCTION)(**inputs)
 
@@ -173,16 +174,24 @@ def execute_prompt(host, prompt: dict, ex=None):
     Pass the executor of an earlier run to run again with its caches, as the server does.
     """
     prompt_id = str(uuid.uuid4())
-    ok, err, outputs, node_errors = asyncio.run(host.execution.validate_prompt(prompt_id, prompt, None))
+    ok, err, outputs, node_errors = resolve(host.execution.validate_prompt(prompt_id, prompt, None))
     assert ok, (err, node_errors)
+    # every key any version reads (0.8 reads lru/ram with defaults; 0.33 also needs ram_inactive):
+    # "classic" caching keeps outputs until the graph changes, as the server does by default
     ex = ex or host.execution.PromptExecutor(FakeServer(), cache_type=host.execution.CacheType.CLASSIC,
-                                             cache_args={"lru": 0, "ram": 0})
+                                             cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
     ex.execute(copy.deepcopy(prompt), prompt_id, {}, outputs)
     return ex
 
 
+def resolve(value):
+    """``value``, or what it resolves to when a host version made the call async (a coroutine)."""
+    return asyncio.run(value) if inspect.isawaitable(value) else value
+
+
 def node_output(ex, node_id: str, index: int):
-    return ex.caches.outputs.get(node_id).outputs[index][0]
+    """Output ``index`` of an executed node from the executor's output cache (sync or async ``get``)."""
+    return resolve(ex.caches.outputs.get(node_id)).outputs[index][0]
 
 
 # --- full-size checkpoints in the authors' layout (no download) ------------------------------------

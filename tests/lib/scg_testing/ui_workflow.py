@@ -2,7 +2,7 @@
 
 Driven by the host's own node definitions: ``widgets_values`` are positional over each
 node's widget inputs in the backend's input order (required, then optional), the way the
-frontend fills them. Link-only types take no slot; an INT with ``control_after_generate``
+frontend fills them; widgets past the saved values (inputs a node gained since) get their defaults. Link-only types take no slot; an INT with ``control_after_generate``
 and a combo with ``image_upload`` each carry one extra entry after their value.
 """
 from __future__ import annotations
@@ -43,6 +43,14 @@ def extra_widget_values(typ, opts: dict) -> int:
     return n
 
 
+def widget_default(typ, opts: dict):
+    """What the frontend puts in a widget the workflow has no value for (a node that gained an input)."""
+    if "default" in opts:
+        return opts["default"]
+    options = typ if isinstance(typ, list) else opts.get("options") if typ == "COMBO" else None
+    return options[0] if options else None
+
+
 def ui_to_api(workflow: dict, node_classes: dict) -> dict:
     """The API prompt of a UI workflow (LiteGraph 0.4 layout); raises ConversionError on what it cannot map."""
     if workflow.get("version") != 0.4 or not isinstance(workflow.get("nodes"), list):
@@ -66,6 +74,8 @@ def ui_to_api(workflow: dict, node_classes: dict) -> dict:
             if is_widget(typ, opts):
                 if pos < len(values):
                     value, has_value = values[pos], True
+                elif widget_default(typ, opts) is not None:
+                    value, has_value = widget_default(typ, opts), True
                 pos += 1 + extra_widget_values(typ, opts)
             if name in linked:
                 link = links[linked[name]]
