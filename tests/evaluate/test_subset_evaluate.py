@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from scg_testing.evaluate import RES, ensure_torchaudio, make_images, tiny_base, tiny_controlnet
+from scg_testing import torchaudio_stub
+from scg_testing.evaluate import RES, make_images, tiny_base, tiny_controlnet
 from scg_testing.hosts import find_host
 from scg_testing.subsets import tiny_any_subset_controlnet
 
@@ -23,7 +24,7 @@ def files(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     if "comfy.model_management" not in sys.modules:
-        ensure_torchaudio()
+        torchaudio_stub.install()
     sd15.import_comfy(HOST, cpu=True)
     root = tmp_path_factory.mktemp("eval_subset")
     base = tiny_base(root / "tiny_sd15.safetensors")
