@@ -636,13 +636,14 @@ def add_subset_arguments(ap: argparse.ArgumentParser) -> None:
 def subset_policy(args):
     """The :class:`scg_models.subsets.SubsetPolicy` of ``--subsets`` (None without it); bad
     probabilities are a :class:`TrainError` naming the option."""
+    from scg_models import SCGError
     from scg_models.subsets import SubsetPolicy
 
     if not getattr(args, "subsets", False):
         return None
     try:
         return SubsetPolicy(args.p_group, args.p_module, args.p_none)
-    except Exception as e:  # SCGError naming the option
+    except SCGError as e:  # names the option
         raise TrainError(str(e)) from None
 
 
