@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--cfg", type=float, default=1.0, help="CFG of the evaluation (authors: 9.1)")
     p.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH, ~/comfy/ComfyUI)")
     a = p.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # the fastest on a shared machine: more threads contend with other jobs
     # random tiny weights produce subnormal floats, which make CPU arithmetic many times slower (real
     # checkpoints do not); flushing them to zero changes no result beyond float32 rounding
     torch.set_flush_denormal(True)
