@@ -92,14 +92,14 @@ def conditioning(seed: int = 3, batch: int = 1):
 
 
 def random_ae(seed: int = 0, **kw) -> ModularAutoencoder:
-    """The authors' architecture (Bipolar 16×4 unless told otherwise) with seeded random weights."""
+    """The authors' architecture (Bipolar 16x4 unless told otherwise) with seeded random weights."""
     ae = ModularAutoencoder(AutoencoderConfig(**kw))
     seeded_init(ae, seed, std=0.1)
     return ae.eval().requires_grad_(False)
 
 
 def make_images(batch: int = 1, height: int = 64, width: int = 64, seed: int = 4) -> torch.Tensor:
-    """ComfyUI IMAGE B×H×W×3 in [0, 1]: smooth colour blobs plus an edge, so every group sees something."""
+    """ComfyUI IMAGE BxHxWx3 in [0, 1]: smooth colour blobs plus an edge, so every group sees something."""
     g = torch.Generator().manual_seed(seed)
     base = torch.rand(batch, 3, max(2, height // 8), max(2, width // 8), generator=g)
     x = torch.nn.functional.interpolate(base, size=(height, width), mode="bilinear", align_corners=False)
@@ -210,7 +210,7 @@ SDXL_CONTROLNET = {
 
 
 def controlnet_shapes(config: dict) -> dict[str, torch.Size]:
-    """Key → shape of a cldm ControlNet (ComfyUI's ldm layout), built on the meta device."""
+    """Key -> shape of a cldm ControlNet (ComfyUI's ldm layout), built on the meta device."""
     cm = comfy.cldm.cldm.ControlNet(**config, device="meta", operations=comfy.ops.disable_weight_init)
     return {k: v.shape for k, v in cm.state_dict().items()}
 
