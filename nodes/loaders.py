@@ -8,7 +8,8 @@ import comfy.model_detection
 import folder_paths
 from comfy_api.latest import io
 
-from ..scg_models import CheckpointError, SCGError, formats, load_autoencoder
+from ..scg_models import SCGError, formats, load_autoencoder
+from ..scg_models.errors import NoControlNetError
 from ..scg_models.geometry import HintGeometry
 from . import subset
 from .common import LOADER_CATEGORY, MODEL_FOLDER, SHIPPED_MODEL, SCGAutoencoder, ScgAutoencoderType
@@ -124,8 +125,8 @@ class LoadSCGControlNet(io.ComfyNode):
     def execute(cls, control_net_name) -> io.NodeOutput:
         path = _full_path("controlnet", control_net_name, "control_net_name")
         try:
-            cn = formats.load_controlnet_file(path)
-        except CheckpointError as e:
+            cn = formats.load_controlnet_file(path, check_tensors=False)  # the architecture is checked first
+        except NoControlNetError as e:
             if _holds_autoencoder(path):
                 raise SCGError(f"control_net_name: {control_net_name!r} is an SCG autoencoder, not a ControlNet: "
                                f"move it to models/{MODEL_FOLDER} and load it with 'Load SCG Autoencoder'") from None
@@ -136,6 +137,10 @@ class LoadSCGControlNet(io.ComfyNode):
             raise SCGError(f"control_net_name: {control_net_name!r} holds no SCG autoencoder, so it is not an SCG "
                            "ControlNet; load ordinary ControlNets with 'Load ControlNet Model'")
         check_sd15(cn.state_dict, control_net_name)
+        try:
+            formats.check_controlnet_tensors(cn.state_dict, path)
+        except SCGError as e:
+            raise SCGError(f"control_net_name: {e}") from None
         control = comfy.controlnet.load_controlnet_state_dict(cn.state_dict)
         if control is None:
             raise SCGError(f"control_net_name: ComfyUI could not build a ControlNet from {control_net_name!r}")

@@ -1,8 +1,8 @@
 """The modular autoencoder: one convolution encodes, its transpose (tied weights) decodes.
 
-Module ``i`` owns channels ``i·vector_length … (i+1)·vector_length-1``. The hint for a
-module selection is ``decode(encode(normalise(x)) · mask · gains)``: un-normalised,
-3×509×509 for a 512×512 input with the released model, exactly as the authors'
+Module ``i`` owns channels ``i*vector_length ... (i+1)*vector_length-1``. The hint for a
+module selection is ``decode(encode(normalise(x)) * mask * gains)``: un-normalised,
+3x509x509 for a 512x512 input with the released model, exactly as the authors'
 ``HyperColumnLGN.forward``.
 """
 from __future__ import annotations
@@ -150,7 +150,7 @@ class ModularAutoencoder(nn.Module):
     """SCG's modular autoencoder.
 
     Attributes: ``n_vector`` modules of ``vector_length`` channels, ``kernel_size``,
-    ``stride``, ``padding``, ``groups`` (ordered name → module indices) and
+    ``stride``, ``padding``, ``groups`` (ordered name -> module indices) and
     ``group_descriptions``.
     """
 
@@ -208,21 +208,21 @@ class ModularAutoencoder(nn.Module):
         self.config.groups = validate_groups(groups, self.n_vector)
 
     def resolve_modules(self, modules) -> list[int]:
-        """A group name, ``"HC2+HC3"``, ``"0,1,4"``, ``"all"`` or ints → module indices."""
+        """A group name, ``"HC2+HC3"``, ``"0,1,4"``, ``"all"`` or ints -> module indices."""
         return resolve_modules(modules, self.groups, self.n_vector)
 
     def channels(self, modules: list[int]) -> list[int]:
-        """Feature channels owned by ``modules`` (module i → i·vl … i·vl+vl-1)."""
+        """Feature channels owned by ``modules`` (module i -> i*vl ... i*vl+vl-1)."""
         vl = self.vector_length
         return [m * vl + k for m in modules for k in range(vl)]
 
     # --- the model, differentiable (training and reference) ----------------------------
     def kernel(self) -> torch.Tensor:
-        """Composite kernel, n_channels×3×K×K (differentiable; the authors' ``get_weight``)."""
+        """Composite kernel, n_channelsx3xKxK (differentiable; the authors' ``get_weight``)."""
         return self.gonlin.kernel()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """B×3×H×W in [0, 1] → normalised input."""
+        """Bx3xHxW in [0, 1] -> normalised input."""
         return (images - self.mean.to(images)) / self.std.to(images)
 
     def activate(self, f: torch.Tensor) -> torch.Tensor:
@@ -230,9 +230,9 @@ class ModularAutoencoder(nn.Module):
         return f if act is None else F.gelu(f) if act == "gelu" else F.relu(f)
 
     def encode(self, x: torch.Tensor, modules=None, normalize: bool = True) -> torch.Tensor:
-        """Features, B×(vl·|S|)×h×w (all modules when ``modules`` is None).
+        """Features, Bx(vl*|S|)xhxw (all modules when ``modules`` is None).
 
-        x: B×3×H×W, images in [0, 1] (``normalize=True``) or already normalised.
+        x: Bx3xHxW, images in [0, 1] (``normalize=True``) or already normalised.
         """
         w = self.kernel()
         if modules is not None:
@@ -241,34 +241,34 @@ class ModularAutoencoder(nn.Module):
         return self.activate(F.conv2d(x, w.to(x.dtype), stride=self.stride, padding=self.padding))
 
     def decode(self, features: torch.Tensor, modules=None) -> torch.Tensor:
-        """Tied transposed convolution: B×(vl·|S|)×h×w → B×3×H'×W' (normalised space)."""
+        """Tied transposed convolution: Bx(vl*|S|)xhxw -> Bx3xH'xW' (normalised space)."""
         w = self.kernel()
         if modules is not None:
             w = w[self.channels(self.resolve_modules(modules))]
         return F.conv_transpose2d(features, w.to(features.dtype), stride=self.stride, padding=self.padding)
 
     def decode_per_module(self, features: torch.Tensor) -> torch.Tensor:
-        """All-module features B×C×h×w → per-module reconstructions B×n_vector×3×H'×W'."""
+        """All-module features BxCxhxw -> per-module reconstructions Bxn_vectorx3xH'xW'."""
         w = self.kernel().to(features.dtype)
         out = F.conv_transpose2d(features, w, stride=self.stride, padding=self.padding, groups=self.n_vector)
         return out.unflatten(1, (self.n_vector, 3))
 
     # --- inference: the hint, computing only what the selection needs -----------------
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """Hint size for an H×W input (509×509 for 512×512 with the released model)."""
+        """Hint size for an HxW input (509x509 for 512x512 with the released model)."""
         return HintGeometry.of(self).hint_size(height, width)
 
     def check_images(self, images, name: str = "images") -> torch.Tensor:
-        """Validate a B×3×H×W batch in [0, 1]; raise :class:`SCGError` naming the problem."""
+        """Validate a Bx3xHxW batch in [0, 1]; raise :class:`SCGError` naming the problem."""
         if not isinstance(images, torch.Tensor):
-            raise SCGError(f"{name}: expected a torch.Tensor B×3×H×W, got {type(images).__name__}")
+            raise SCGError(f"{name}: expected a torch.Tensor Bx3xHxW, got {type(images).__name__}")
         if images.dim() != 4:
-            raise SCGError(f"{name}: expected 4 dims B×3×H×W, got shape {tuple(images.shape)}"
+            raise SCGError(f"{name}: expected 4 dims Bx3xHxW, got shape {tuple(images.shape)}"
                            + (" (add a batch dimension: images[None])" if images.dim() == 3 else ""))
         c = images.shape[1]
         if c != 3:
             if images.shape[-1] in (1, 3, 4) and c not in (1, 4):
-                raise SCGError(f"{name}: shape {tuple(images.shape)} looks like B×H×W×C (channels last); "
+                raise SCGError(f"{name}: shape {tuple(images.shape)} looks like BxHxWxC (channels last); "
                                "pass images.permute(0, 3, 1, 2)")
             hint = {1: "grey: repeat it to RGB (images.expand(-1, 3, -1, -1))",
                     4: "RGBA: drop alpha (images[:, :3]) or composite it first"}.get(c, "")
@@ -277,10 +277,10 @@ class ModularAutoencoder(nn.Module):
             raise SCGError(f"{name}: expected floats in [0, 1], got {images.dtype} (divide by 255)")
         k = self.kernel_size
         if min(images.shape[-2:]) < k:
-            raise SCGError(f"{name}: {images.shape[-2]}×{images.shape[-1]} is smaller than the "
-                           f"{k}×{k} kernel; use images of at least {k}×{k}")
+            raise SCGError(f"{name}: {images.shape[-2]}x{images.shape[-1]} is smaller than the "
+                           f"{k}x{k} kernel; use images of at least {k}x{k}")
         lo, hi = (float(v) for v in torch.aminmax(images)) if images.numel() else (0.0, 0.0)
-        if not (math.isfinite(lo) and math.isfinite(hi)):  # one pass: min/max propagate NaN and ±inf
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # one pass: min/max propagate NaN and +/-inf
             raise SCGError(f"{name}: contains NaN or infinite values")
         if lo < -0.5 or hi > 1.5:
             raise SCGError(f"{name}: values must lie in [0, 1]; got [{lo:.3g}, {hi:.3g}]"
@@ -301,9 +301,9 @@ class ModularAutoencoder(nn.Module):
     def hint(self, images: torch.Tensor, modules, gains=None) -> torch.Tensor:
         """The ControlNet hint of a module selection.
 
-        images: B×3×H×W in [0, 1], finite, at least the kernel size: trusted, not checked here (check
+        images: Bx3xHxW in [0, 1], finite, at least the kernel size: trusted, not checked here (check
         them where they enter, with :meth:`check_images`). modules: see :meth:`resolve_modules`. gains:
-        see :func:`scg_models.groups.parse_gains`. Returns B×3×h×w (:meth:`output_size`),
+        see :func:`scg_models.groups.parse_gains`. Returns Bx3xhxw (:meth:`output_size`),
         un-normalised, in the model's dtype. No gradient. Only the selected modules'
         channels are encoded and decoded.
         """
@@ -332,7 +332,7 @@ class ModularAutoencoder(nn.Module):
 
     @torch.no_grad()
     def preview(self, images: torch.Tensor, modules, gains=None, eps: float = 1e-6) -> torch.Tensor:
-        """The hint min-max scaled per image and channel to [0, 1] (B×3×h×w); images trusted as in :meth:`hint`.
+        """The hint min-max scaled per image and channel to [0, 1] (Bx3xhxw); images trusted as in :meth:`hint`.
 
         A channel whose range is below ``eps`` (near-constant) shows as 0.5, not noise.
         """
@@ -340,12 +340,12 @@ class ModularAutoencoder(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"gonlin={c.gonlin}, modules={self.n_vector}×{self.vector_length}, kernel={self.kernel_size}, "
+        return (f"gonlin={c.gonlin}, modules={self.n_vector}x{self.vector_length}, kernel={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, groups={list(self.groups)}")
 
 
 def minmax(hint: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per image and channel min-max scaling of B×C×H×W to [0, 1]; near-constant → 0.5."""
+    """Per image and channel min-max scaling of BxCxHxW to [0, 1]; near-constant -> 0.5."""
     h = hint.float()
     lo = h.amin(dim=(-2, -1), keepdim=True)
     rng = h.amax(dim=(-2, -1), keepdim=True) - lo

@@ -9,6 +9,10 @@ class CheckpointError(SCGError):
     """A file that cannot be read as an SCG autoencoder or ControlNet."""
 
 
+class NoControlNetError(CheckpointError):
+    """A readable file that holds no ControlNet (an autoencoder alone, say)."""
+
+
 class UnsafeCheckpointError(CheckpointError):
     """A pickle that asks to run code (or build an unknown object) while loading."""
 

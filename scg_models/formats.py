@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .autoencoder import AutoencoderConfig, ModularAutoencoder
-from .errors import CheckpointError, FileWriteError, SCGError
+from .errors import CheckpointError, FileWriteError, NoControlNetError, SCGError
 from .files import TEMP_SUFFIX, atomic_write  # noqa: F401  (TEMP_SUFFIX re-exported)
 from .safe_pickle import safe_load
 
@@ -270,6 +270,12 @@ def _atomic_save(tensors: dict, path: str, metadata: dict[str, str]) -> None:
     A full disk (or any OSError) becomes a :class:`FileWriteError` naming ``path``.
     """
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    seen: set[int] = set()
+    for k, v in tensors.items():  # safetensors stores no shared memory: a tensor sharing it gets its own copy
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen:
+            tensors[k] = v.clone()
+        seen.add(ptr)
 
     def write(tmp: str) -> None:
         save_file(tensors, tmp, metadata=metadata)
@@ -331,16 +337,21 @@ def controlnet_state_dict(tensors: Mapping[str, torch.Tensor], path: str = "stat
         out[key] = v
     for need in ("input_hint_block.0.weight", "zero_convs.0.0.weight"):
         if need not in out:
-            raise CheckpointError(f"{path}: no ControlNet found ({need!r} missing after conversion)")
+            raise NoControlNetError(f"{path}: no ControlNet found ({need!r} missing after conversion)")
     return out
 
 
-def load_controlnet_file(path) -> ControlNetFile:
-    """An authors' SCG ControlNet ``.ckpt`` or our converted file → :class:`ControlNetFile`."""
+def load_controlnet_file(path, check_tensors: bool = True) -> ControlNetFile:
+    """An authors' SCG ControlNet ``.ckpt`` or our converted file → :class:`ControlNetFile`.
+
+    ``check_tensors=False`` leaves :func:`check_controlnet_tensors` to the caller (who first checks
+    the architecture from the shapes, say); the embedded autoencoder is always checked.
+    """
     path = os.fspath(path)
     raw = read_file(path)
     sd = controlnet_state_dict(raw.tensors, path)
-    check_controlnet_tensors(sd, path)
+    if check_tensors:
+        check_controlnet_tensors(sd, path)
     ae = autoencoder_from_raw(raw, path) if has_autoencoder(raw) else None  # one it holds must be valid
     return ControlNetFile(sd, ae, dict(raw.metadata))
 

@@ -2,7 +2,7 @@
 
 Each gonlin holds small trainable convolutions (state-dict names as in the authors'
 ``V1_sep.py``) and composes them into one kernel ``W`` of shape
-``(n_vector·vector_length)×3×K×K`` exactly as the authors' ``get_weight`` does. The
+``(n_vector*vector_length)x3xKxK`` exactly as the authors' ``get_weight`` does. The
 Bipolar family can also run its cascade directly on the selected modules
 (:meth:`Gonlin.cascade_encode` / :meth:`Gonlin.cascade_decode`): the same linear map
 as the composite kernel at stride 4, for a fraction of the work.
@@ -17,7 +17,7 @@ from .ops import conv_transpose2d_full
 
 
 class Gonlin(nn.Module):
-    """Base: ``kernel()`` → composite kernel C×3×K×K, C = n_vector·vector_length."""
+    """Base: ``kernel()`` -> composite kernel Cx3xKxK, C = n_vector*vector_length."""
 
     #: stride at which the factor cascade equals the composite kernel; None: no cascade.
     cascade_stride: int | None = None
@@ -55,7 +55,7 @@ class _BipolarFamily(Gonlin):
         return (self.k1 - 1) // 2
 
     def stage1(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Effective RGB weights (direct path, depthwise path), each n_vector×3×k1×k1."""
+        """Effective RGB weights (direct path, depthwise path), each n_vectorx3xk1xk1."""
         return self.c1_1.weight, self.c1_2_1.weight
 
     def kernel(self) -> torch.Tensor:
@@ -76,7 +76,7 @@ class _BipolarFamily(Gonlin):
     def cascade_encode(self, x_padded: torch.Tensor, modules: list[int]) -> torch.Tensor:
         """Features of ``modules`` for input already padded by the composite padding.
 
-        x_padded: B×3×L×M. Returns B×(vector_length·len(modules))×h×w, the same as
+        x_padded: Bx3xLxM. Returns Bx(vector_length*len(modules))xhxw, the same as
         ``conv2d(x_padded, kernel()[channels], stride=4)``.
         """
         n, q = len(modules), self._q
@@ -89,7 +89,7 @@ class _BipolarFamily(Gonlin):
     def cascade_decode(self, f: torch.Tensor, modules: list[int]) -> torch.Tensor:
         """Adjoint of :meth:`cascade_encode`: the full (uncropped) transposed convolution.
 
-        f: B×(vector_length·len(modules))×h×w. Returns B×3×((h-1)·4+K)×((w-1)·4+K).
+        f: Bx(vector_length*len(modules))xhxw. Returns Bx3x((h-1)*4+K)x((w-1)*4+K).
         """
         n, q = len(modules), self._q
         w1, w_dw, w_c2 = self._select(modules)
@@ -99,7 +99,7 @@ class _BipolarFamily(Gonlin):
 
 
 class Bipolar(_BipolarFamily):
-    """The released factorisation: composite 21×21 (4 400 parameters at 16×4)."""
+    """The released factorisation: composite 21x21 (4 400 parameters at 16x4)."""
 
     def __init__(self, n_vector: int, vector_length: int, in_channels: int = 3):
         super().__init__(n_vector, vector_length, in_channels)
@@ -111,7 +111,7 @@ class Bipolar(_BipolarFamily):
 
 
 class Bipolar_ks3(_BipolarFamily):
-    """Bipolar with 3×3 first-stage kernels: composite 15×15."""
+    """Bipolar with 3x3 first-stage kernels: composite 15x15."""
 
     k1 = 3
 
@@ -125,7 +125,7 @@ class Bipolar_ks3(_BipolarFamily):
 
 
 class Bipolar_1x1(_BipolarFamily):
-    """Bipolar with 1×1 colour mixing per path, then per-module spatial kernels: 21×21."""
+    """Bipolar with 1x1 colour mixing per path, then per-module spatial kernels: 21x21."""
 
     def __init__(self, n_vector: int, vector_length: int, in_channels: int = 3):
         super().__init__(n_vector, vector_length, in_channels)
@@ -138,12 +138,12 @@ class Bipolar_1x1(_BipolarFamily):
         self.c2 = nn.Conv2d(nv, self.n_channels, 5, 2, 2, bias=False, groups=nv)
 
     def stage1(self):
-        # a 1×1 mix then a per-module k×k conv is one k×k RGB conv with the outer-product weight
+        # a 1x1 mix then a per-module kxk conv is one kxk RGB conv with the outer-product weight
         return self.c1_1.weight * self.c0_1.weight, self.c1_2_1.weight * self.c0_2.weight
 
 
 class Vanilla(Gonlin):
-    """One plain convolution: the composite kernel is its weight (K×K from the config)."""
+    """One plain convolution: the composite kernel is its weight (KxK from the config)."""
 
     def __init__(self, n_vector: int, vector_length: int, in_channels: int = 3, kernel_size: int = 21):
         super().__init__(n_vector, vector_length, in_channels)
@@ -158,7 +158,7 @@ class Vanilla(Gonlin):
 
 
 class Vanilla_2layer(Gonlin):
-    """5×5 stride-2 RGB conv to one map per module, then a grouped 5×5 stride-2 conv: 13×13."""
+    """5x5 stride-2 RGB conv to one map per module, then a grouped 5x5 stride-2 conv: 13x13."""
 
     groups_c2 = True
 

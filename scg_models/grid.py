@@ -1,6 +1,6 @@
 """A contact sheet of an autoencoder's groups: every group's preview side by side, labelled.
 
-The labels are drawn with a built-in 5×7 bitmap font, so no font file or imaging
+The labels are drawn with a built-in 5x7 bitmap font, so no font file or imaging
 library is needed.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from .autoencoder import ModularAutoencoder
 from .errors import SCGError
 from .imaging import fit
 
-# 5×7 glyphs, rows top to bottom, '#' = ink. Lower case is drawn as upper case;
+# 5x7 glyphs, rows top to bottom, '#' = ink. Lower case is drawn as upper case;
 # characters without a glyph are drawn as '?'.
 _FONT_ROWS = {
     "0": "01110 10001 10011 10101 11001 10001 01110", "1": "00100 01100 00100 00100 00100 00100 01110",
@@ -53,7 +53,7 @@ def _glyph(ch: str) -> torch.Tensor:
 
 
 def text_mask(text: str, scale: int = 1) -> torch.Tensor:
-    """Ink mask (7·scale)×(6·len·scale) of ``text`` in the 5×7 font (1 = ink), on the CPU."""
+    """Ink mask (7*scale)x(6*len*scale) of ``text`` in the 5x7 font (1 = ink), on the CPU."""
     if not text:
         return torch.zeros(7 * scale, 0)
     cols = []
@@ -64,7 +64,7 @@ def text_mask(text: str, scale: int = 1) -> torch.Tensor:
 
 
 def draw_label(tile: torch.Tensor, text: str, scale: int | None = None) -> torch.Tensor:
-    """``tile`` (B×3×H×W in [0, 1]) with ``text`` in white on a dark band at its top-left (a copy)."""
+    """``tile`` (Bx3xHxW in [0, 1]) with ``text`` in white on a dark band at its top-left (a copy)."""
     h, w = tile.shape[-2:]
     scale = scale or max(1, round(min(h, w) / 170))
     mask = text_mask(text, scale)
@@ -95,11 +95,11 @@ def group_grid(ae: ModularAutoencoder, images: torch.Tensor, groups: Sequence[st
                gap: int = 4, max_columns: int = 5) -> torch.Tensor:
     """Every group's preview (:meth:`ModularAutoencoder.preview`) side by side, one sheet per image.
 
-    images: B×3×H×W in [0, 1], trusted as in :meth:`ModularAutoencoder.hint` (checked where they enter).
+    images: Bx3xHxW in [0, 1], trusted as in :meth:`ModularAutoencoder.hint` (checked where they enter).
     groups: names from ``ae.groups`` (default: all, in order).
     ``include_input`` puts the input image first; ``labels`` writes each tile's name;
     tiles are the hint size, shrunk so their long side is at most ``max_tile``.
-    Returns B×3×(rows·(h+gap)-gap)×(cols·(w+gap)-gap) in [0, 1], float32, on the
+    Returns Bx3x(rows*(h+gap)-gap)x(cols*(w+gap)-gap) in [0, 1], float32, on the
     images' device; the gaps are dark grey.
     """
     names = list(ae.groups) if groups is None else list(groups)

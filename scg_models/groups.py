@@ -111,7 +111,7 @@ MAX_GAIN = 100.0
 
 
 def _gain(value, where: str) -> float:
-    """One gain as a float, finite and within ``±MAX_GAIN``, or an :class:`SCGError` naming ``where``."""
+    """One gain as a float, finite and within ``+/-MAX_GAIN``, or an :class:`SCGError` naming ``where``."""
     if isinstance(value, bool):
         raise SCGError(f"gains: {where} is {value!r}; expected a number")
     try:
@@ -144,7 +144,7 @@ def parse_gains(gains, modules: Sequence[int], n_vector: int,
     name may stand for its modules: ``"HC0:1.5"``); one number (``1.5`` or ``"1.5"``) for
     every selected module; numbers as text (``"1.5,2"``), a mapping module -> gain (unlisted
     selected modules keep 1), or a sequence, with one gain per selected module or one per module
-    of the autoencoder. Every gain is finite and within ``±MAX_GAIN``.
+    of the autoencoder. Every gain is finite and within ``+/-MAX_GAIN``.
     """
     if gains is None:
         return None

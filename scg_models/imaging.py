@@ -1,7 +1,7 @@
 """Image plumbing: image files in (scan a folder, decode a file), and around the hint: channel
 fixes and resizing to the generation size.
 
-The tensor functions work on B×C×H×W float tensors in [0, 1] on any device. The file functions
+The tensor functions work on BxCxHxW float tensors in [0, 1] on any device. The file functions
 are the one way every tool here reads images (the trainers, ``python -m scg_models extract``):
 regular files only (a FIFO, socket or device is never opened), symlink loops followed once,
 decompression bombs and undecodable files refused with :class:`ImageFileError`, whose
@@ -144,7 +144,7 @@ def _bits_per_sample(im) -> int:
 
 
 def _pixels(im, path: str) -> np.ndarray:
-    """Pillow image -> H×W×3 float32 in [0, 1] (high bit depths) or uint8 (8-bit modes)."""
+    """Pillow image -> HxWx3 float32 in [0, 1] (high bit depths) or uint8 (8-bit modes)."""
     from PIL import ImageOps
 
     im = ImageOps.exif_transpose(im)
@@ -168,7 +168,7 @@ def _pixels(im, path: str) -> np.ndarray:
 
 
 def load_image(path, dtype=np.uint8, max_pixels: int = MAX_IMAGE_PIXELS, draft: int | None = None) -> np.ndarray:
-    """One image file -> H×W×3 RGB array: ``uint8`` in [0, 255] or ``float32`` in [0, 1] (``dtype``).
+    """One image file -> HxWx3 RGB array: ``uint8`` in [0, 255] or ``float32`` in [0, 1] (``dtype``).
 
     EXIF rotation applied; grey repeated to RGB; alpha dropped (not composited). Decoded by bit
     depth: 16-bit files keep their range (``float32`` keeps their precision); 32-bit integer
@@ -191,13 +191,13 @@ def load_image(path, dtype=np.uint8, max_pixels: int = MAX_IMAGE_PIXELS, draft: 
 
 
 def to_rgb(images: torch.Tensor, name: str = "images") -> tuple[torch.Tensor, str | None]:
-    """B×C×H×W with C in {1, 3, 4} → B×3×H×W, and a note saying what was changed (or None).
+    """BxCxHxW with C in {1, 3, 4} -> Bx3xHxW, and a note saying what was changed (or None).
 
     Grey (C=1) is repeated to RGB; the alpha of RGBA (C=4) is dropped, not composited.
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise SCGError(f"{name}: expected B×C×H×W, got {shape}")
+        raise SCGError(f"{name}: expected BxCxHxW, got {shape}")
     c = images.shape[1]
     if c == 3:
         return images, None
@@ -209,7 +209,7 @@ def to_rgb(images: torch.Tensor, name: str = "images") -> tuple[torch.Tensor, st
 
 
 def center_crop_box(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:
-    """(top, left, h, w) of the centred crop of an H×W image with the aspect ratio of the target.
+    """(top, left, h, w) of the centred crop of an HxW image with the aspect ratio of the target.
 
     The same rounding as ComfyUI's ``common_upscale(..., crop="center")``, so a hint
     made here covers the same part of the image as a core ControlNet's hint.
@@ -224,7 +224,7 @@ def center_crop_box(height: int, width: int, target_h: int, target_w: int) -> tu
 
 
 def fit(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Centre-crop B×C×H×W to the aspect ratio of height×width, then resize to exactly that.
+    """Centre-crop BxCxHxW to the aspect ratio of heightxwidth, then resize to exactly that.
 
     Bilinear with antialiasing (no ringing, no aliasing when shrinking; values stay in
     the input's range up to rounding). Returns the input itself when it already has that size.
@@ -233,7 +233,7 @@ def fit(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if (h, w) == (height, width):
         return images
     if height < 1 or width < 1:
-        raise SCGError(f"fit: target size must be positive, got {height}×{width}")
+        raise SCGError(f"fit: target size must be positive, got {height}x{width}")
     top, left, ch, cw = center_crop_box(h, w, height, width)
     x = images[..., top:top + ch, left:left + cw]
     if (ch, cw) == (height, width):

@@ -1,4 +1,4 @@
-"""Bad input is a clear error that names the problem — never a silent wrong result."""
+"""Bad input is a clear error that names the problem -- never a silent wrong result."""
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +24,7 @@ def ae():
     (torch.rand(1, 4, 64, 64), "got 4.*drop alpha"),
     (torch.rand(1, 64, 64, 3), "channels last"),
     (torch.rand(3, 64, 64), "4 dims.*add a batch dimension"),
-    (torch.rand(1, 3, 16, 64), "smaller than the 21×21 kernel"),
+    (torch.rand(1, 3, 16, 64), "smaller than the 21x21 kernel"),
     (torch.full((1, 3, 32, 32), float("nan")), "NaN or infinite"),
     (torch.rand(1, 3, 32, 32) * 255, "in \\[0, 1\\].*divide by 255"),
     ((torch.rand(1, 3, 32, 32) * 255).to(torch.uint8), "floats.*divide by 255"),

@@ -135,8 +135,8 @@ def test_grey_and_rgba(ae, scg_ae, extract, caplog):
     ({"resolution": 10}, "resolution: expected a whole number from 64"),
     ({"modules": "colour"}, "modules: unknown group 'colour'"),
     ({"modules": ""}, "modules: the module selection is empty"),
-    ({"gains": "0:abc"}, "gains: cannot read '0:abc'"),
-    ({"gains": "colour:2"}, "gains: cannot read 'colour:2'; .*group:gain pairs such as 'HC0:1.5'"),
+    ({"gains": "0:abc"}, "gains: the gain of module 0 is 'abc'; expected a number"),
+    ({"gains": "colour:2"}, "gains: cannot read 'colour:2': 'colour' is neither a module index nor a group; groups: HC0"),
     ({"scg_autoencoder": None}, "scg_autoencoder: connect an SCG autoencoder"),
 ])
 def test_errors_name_the_input(scg_ae, extract, scg_error, kw, message):

@@ -92,14 +92,14 @@ def conditioning(seed: int = 3, batch: int = 1):
 
 
 def random_ae(seed: int = 0, **kw) -> ModularAutoencoder:
-    """The authors' architecture (Bipolar 16×4 unless told otherwise) with seeded random weights."""
+    """The authors' architecture (Bipolar 16x4 unless told otherwise) with seeded random weights."""
     ae = ModularAutoencoder(AutoencoderConfig(**kw))
     seeded_init(ae, seed, std=0.1)
     return ae.eval().requires_grad_(False)
 
 
 def make_images(batch: int = 1, height: int = 64, width: int = 64, seed: int = 4) -> torch.Tensor:
-    """ComfyUI IMAGE B×H×W×3 in [0, 1]: smooth colour blobs plus an edge, so every group sees something."""
+    """ComfyUI IMAGE BxHxWx3 in [0, 1]: smooth colour blobs plus an edge, so every group sees something."""
     g = torch.Generator().manual_seed(seed)
     base = torch.rand(batch, 3, max(2, height // 8), max(2, width // 8), generator=g)
     x = torch.nn.functional.interpolate(base, size=(height, width), mode="bilinear", align_corners=False)
@@ -210,7 +210,7 @@ SDXL_CONTROLNET = {
 
 
 def controlnet_shapes(config: dict) -> dict[str, torch.Size]:
-    """Key → shape of a cldm ControlNet (ComfyUI's ldm layout), built on the meta device."""
+    """Key -> shape of a cldm ControlNet (ComfyUI's ldm layout), built on the meta device."""
     cm = comfy.cldm.cldm.ControlNet(**config, device="meta", operations=comfy.ops.disable_weight_init)
     return {k: v.shape for k, v in cm.state_dict().items()}
 
@@ -222,7 +222,7 @@ def authors_controlnet_ckpt(path, ae: ModularAutoencoder, config: dict = SD15_CO
     ``control_model.*`` in the full layout with the hint block as ``input_hint_block_new.{k+1}``,
     the autoencoder under ``input_hint_block_new.0.lgn_ende.conv.*`` and again under
     ``hypercolumn.lgn_ende.conv.*``, some ``model.*``/``first_stage_model.*`` tensors and
-    Lightning's non-tensor entries. The ControlNet weights are views of one random buffer
+    Lightning's non-tensor entries. The ControlNet weights are fp16 views of one random buffer
     (or meta tensors), so the file stays small. Returns the ControlNet part in ComfyUI's
     layout (what the conversion must produce).
     """
@@ -230,9 +230,16 @@ def authors_controlnet_ckpt(path, ae: ModularAutoencoder, config: dict = SD15_CO
     if meta:
         comfy_sd = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
     else:
+        # views of one fp16 buffer at spread offsets, an eighth of what they address: loaders refuse
+        # files whose tensors address more than 8x what they store (a hostile file's amplification)
         g = torch.Generator().manual_seed(seed)
-        buf = torch.randn(max(s.numel() for s in shapes.values()), generator=g) * 0.02
-        comfy_sd = {k: buf[:s.numel()].view(s) for k, s in shapes.items()}
+        total = sum(s.numel() for s in shapes.values())
+        buf = (torch.randn(max(total // 7, max(s.numel() for s in shapes.values())), generator=g) * 0.02).half()
+        comfy_sd, offset = {}, 0
+        for k, s in shapes.items():
+            offset = offset if offset + s.numel() <= buf.numel() else 0
+            comfy_sd[k] = buf[offset:offset + s.numel()].view(s)
+            offset += s.numel()
     sd = {}
     for k, v in comfy_sd.items():
         if k.startswith("input_hint_block."):

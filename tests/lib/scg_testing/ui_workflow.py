@@ -1,4 +1,4 @@
-"""UI-format workflow (what the frontend saves) → API-format prompt (what the backend runs).
+"""UI-format workflow (what the frontend saves) -> API-format prompt (what the backend runs).
 
 Driven by the host's own node definitions: ``widgets_values`` are positional over each
 node's widget inputs in the backend's input order (required, then optional), the way the
