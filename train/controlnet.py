@@ -35,8 +35,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from scg_models.dtypes import DTYPES
 
 from . import runtime
 from .runtime import Dist, StopSignal, TrainError
@@ -45,7 +48,7 @@ log = logging.getLogger("scg.train")
 TRAINER = "controlnet"
 #: noise levels of the fixed-noise evaluation loss (timesteps of SD1.5's 1000-step schedule)
 EVAL_TIMESTEPS = (50, 250, 500, 750, 950)
-SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
 
 
 def autoencoder_sha256(ae) -> str:
@@ -71,7 +74,9 @@ def lr_at(step: int, lr: float, warmup: int) -> float:
 def sample_generator(seed: int, position: int) -> torch.Generator:
     """The RNG of one sample position: noise, timestep and caption dropout depend only on
     (seed, position), never on the process or on how many ran before (exact resume, DDP = 1 GPU)."""
-    return torch.Generator().manual_seed((int(seed) % 2**32) * 2**31 + int(position) % 2**31)
+    # torch's CPU generator keeps only 32 bits of a seed: mix both numbers into 32 well-spread bits
+    mixed = np.random.SeedSequence([int(seed) % 2**63, int(position) % 2**63]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(mixed))
 
 
 # --- one optimiser step ---------------------------------------------------------------------
@@ -262,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, help="data-loading processes per GPU (default: min(8, CPUs/GPUs))")
     g.add_argument("--deterministic", action="store_true",
                    help="CUDA: deterministic kernels (slower), so a resumed run repeats bit for bit as on the CPU")
-    g.add_argument("--save-dtype", choices=sorted(SAVE_DTYPES), default="fp16",
+    g.add_argument("--save-dtype", choices=sorted(DTYPES), default="fp16",
                    help="dtype of the output ControlNet weights (checkpoints are always fp32)")
     g = ap.add_argument_group("checkpoints, progress, samples")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|PATH",
@@ -576,7 +581,7 @@ class Training:
                     "skipped": runtime.skipped_counts(self.skipped, self.index.scan_skipped)}
             weights = formats.ControlNetFile(dict(self.controlnet.state_dict()), self.ae, {})
             save = formats.save_controlnet if self.policy is None else save_any_subset
-            save(weights, self.out, dtype=SAVE_DTYPES[args.save_dtype], info=info)
+            save(weights, self.out, dtype=DTYPES[args.save_dtype], info=info)
             state = {"recipe": asdict(self.recipe), "controlnet": self.controlnet.state_dict(),
                      "optimizer": self.trainer.optimizer.state_dict(), "rng": rngs, "skipped": dict(self.skipped),
                      "final_losses": self.final_losses}
@@ -588,7 +593,6 @@ class Training:
 def write_sheet(trainer: Trainer, batch: dict, path: str, args) -> None:
     """One PNG: per held-out image a row of [image, hint preview, sample] with ComfyUI's sampler."""
     import comfy.model_management as mm
-    import numpy as np
     from PIL import Image
 
     from scg_models import minmax

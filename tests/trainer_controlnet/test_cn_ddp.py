@@ -36,10 +36,20 @@ def test_two_process_gloo_run_matches_one_process(files):
     one = run_controlnet(controlnet_args(files, root / "one" / "one.safetensors", *common))  # 1 process × batch 2
     assert one["done"]
     ref = torch.load(root / "one" / "one.train" / "ckpts" / "step_00000003.pt", weights_only=True)["controlnet"]
-    # equal up to the order of the all-reduce sums (Adam turns that into ≲1e-6 on near-zero gradients);
-    # three steps at lr 1e-4 move a weight by up to 3e-4, so 1e-5 still tells the runs apart
+    # equal up to the order of the all-reduce sums. Adam turns rounding in a near-zero gradient into an
+    # lr-sized step (at most 3 x 1e-4 here), so some weights differ by that much; a run that saw other
+    # noise (another seed) differs almost everywhere: the two-process run must be far closer than that
+    other = run_controlnet(controlnet_args(files, root / "other" / "other.safetensors",
+                                           *[("2" if x == "1" and common[i - 1] == "--seed" else x)
+                                             for i, x in enumerate(common)]))
+    other = torch.load(root / "other" / "other.train" / "ckpts" / "step_00000003.pt", weights_only=True)
+
+    def differing(a):
+        return sum(int(((a[k] - v).abs() > 1e-6).sum()) for k, v in ref.items())
+
+    near, far = differing(state["controlnet"]), differing(other["controlnet"])
     worst = max(float((state["controlnet"][k] - v).abs().max()) for k, v in ref.items())
-    assert worst < 1e-5, worst
+    assert worst <= 3 * 1e-4 * 1.01 and near * 10 < far, (worst, near, far)
     moved = sum(float((v - 0).abs().sum()) for k, v in ref.items() if k.startswith("zero_convs."))
     assert moved > 0
 

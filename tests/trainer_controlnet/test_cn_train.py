@@ -149,7 +149,9 @@ def test_fine_tune_starts_from_a_given_controlnet(trained, files, tmp_path):
     with safe_open(str(out), "pt") as fh:
         assert json.loads(fh.metadata()["scg_controlnet"])["init"] == src.name
     broken = {k: v for k, v in given.items() if k != "zero_convs.1.0.bias"}
-    save_file(broken, str(tmp_path / "broken.safetensors"))
+    with safe_open(str(src), "pt") as fh:
+        metadata = fh.metadata()  # the embedded autoencoder's config: the file is broken only where meant
+    save_file(broken, str(tmp_path / "broken.safetensors"), metadata=metadata)
     with pytest.raises(SCGError, match="does not fit this base's ControlNet .*zero_convs.1.0.bias"):
         run_controlnet(controlnet_args(files, tmp_path / "x.safetensors", "--steps", "1", "--init-controlnet",
                              str(tmp_path / "broken.safetensors")))
