@@ -170,6 +170,67 @@ def line(r: dict) -> str:
     return f"{name:32s} {r['gflop_s']:8.1f} GFLOP/s"
 
 
+def _timed(r: dict) -> list[float]:
+    """The step times after the warm-up (``warmup`` of the job, else the first)."""
+    times = r.get("step_times_s") or []
+    return times[r.get("warmup", 1):] or times
+
+
+def markdown(summary: dict) -> str:
+    """The committed JSON as the tables of docs/performance.md (mean of the timed steps)."""
+    rows = summary["rows"]
+    by = {r["name"]: r for r in rows if "error" not in r and "refused" not in r}
+    out = ["| job | time | peak RSS (GiB) | notes |", "|---|---|---|---|"]
+    for r in rows:
+        if "refused" in r or "error" in r:
+            out.append(f"| {r['name']} | - | - | {r.get('refused') or r.get('error')} |")
+            continue
+        kind, peak = r["kind"], f"{r['peak_rss_gib']:.2f}"
+        if kind == "controlnet":
+            t = _timed(r)
+            out.append(f"| {r['name']} | {sum(t) / len(t):.1f} s/step (steps: "
+                       + ", ".join(f"{x:.1f}" for x in t) + f") | {peak} | built {r['rss_built_gib']:.2f} GiB; saved "
+                       f"for backward {r['saved_for_backward_gib']:.2f} GiB; warm-up {r['step_times_s'][0]:.1f} s |")
+        elif kind == "sampling":
+            ae = "" if r["ae_extract_peak_gib"] is None else f"; AE extraction peak +{r['ae_extract_peak_gib']:.3f} GiB"
+            out.append(f"| {r['name']} | {r['sample_s']:.1f} s for {r['steps']} steps | {peak} | hint made "
+                       f"beforehand in {r['extract_s']:.2f} s{ae} |")
+        elif kind == "autoencoder":
+            t = _timed(r)
+            s = sum(t) / len(t)
+            out.append(f"| {r['name']} | {r['batch'] / s:.1f} img/s ({s:.2f} s/step) | {peak} | "
+                       f"{r['conv_gflop_per_step']:.0f} conv GFLOP/step = {r['conv_gflop_per_step'] / s:.1f} GFLOP/s |")
+        else:
+            out.append(f"| {r['name']} | {r['gflop_s']:.1f} GFLOP/s | {peak} | best of 5 |")
+    ratios = []
+
+    def mean_step(name):
+        t = _timed(by[name])
+        return sum(t) / len(t)
+
+    for batch in sorted({r["batch"] for r in by.values() if r["kind"] == "controlnet"}):
+        authors = f"controlnet authors b{batch}"
+        for other in ("ours", "ours-bf16"):
+            name = f"controlnet {other} b{batch}"
+            if authors in by and name in by:
+                ratios.append(f"| {other} / authors, batch {batch} | step time {mean_step(name) / mean_step(authors):.2f}x "
+                              f"| peak RSS {by[name]['peak_rss_gib'] / by[authors]['peak_rss_gib']:.2f}x |")
+    if "sampling core" in by and "sampling scg" in by:
+        core, scg = by["sampling core"], by["sampling scg"]
+        ratios.append(f"| sampling scg / core | time {scg['sample_s'] / (core['sample_s'] + core['extract_s']):.3f}x "
+                      f"| peak RSS {scg['peak_rss_gib'] - core['peak_rss_gib']:+.3f} GiB |")
+    mm = next((r for n, r in by.items() if n.startswith("matmul fp32")), None)
+    for name, r in by.items():
+        if r["kind"] == "autoencoder" and mm:
+            t = _timed(r)
+            gf = r["conv_gflop_per_step"] / (sum(t) / len(t))
+            ratios.append(f"| {name} | {gf:.1f} conv GFLOP/s = {100 * gf / mm['gflop_s']:.0f}% of the fp32 matmul "
+                          f"rate ({mm['gflop_s']:.0f}) | |")
+    if ratios:
+        out += ["", "| ratio | | |", "|---|---|---|", *ratios]
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python bench/fullsize_bench.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="matmul,controlnet,sampling,autoencoder",
@@ -184,8 +245,13 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds a job may run")
     ap.add_argument("--dry", action="store_true", help="tiny models, tiny sizes: checks the script runs")
     ap.add_argument("--json", help="write the rows and ratios here")
+    ap.add_argument("--table", metavar="JSON", help="print the tables of a --json file as markdown, run nothing")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.table:
+        with open(a.table) as fh:
+            print(markdown(json.load(fh)))
+        return 0
     if a.child:
         return child(json.loads(a.child), a.threads)
     a.only = [p.strip() for p in a.only.split(",") if p.strip()]

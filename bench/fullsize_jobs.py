@@ -188,7 +188,7 @@ def controlnet_train(recipe: str, *, spec: str = "sd15", res: int = 512, batch: 
 
     return {"job": f"controlnet-{recipe}", "recipe": recipe, **cfg, "spec": spec, "res": res, "batch": batch,
             "attention": getattr(attention.optimized_attention, "__name__", "?"), "threads": torch.get_num_threads(),
-            "device": str(dev), "build_s": build_s, "step_times_s": times, "s_per_step": sorted(timed)[len(timed) // 2],
+            "device": str(dev), "build_s": build_s, "step_times_s": times, "s_per_step": sum(timed) / len(timed),
             "params_m": param_counts(base, controlnet), "rss_built_gib": rss_built,
             "saved_for_backward_gib": saved / 2**30, "loss_first": losses[0], "loss_last": losses[-1],
             "peak_rss_gib": peak_rss_gib(), **_cuda_peak(dev)}
@@ -339,7 +339,7 @@ def ae_train(*, batch: int = 64, crop: int = 128, precision: str = "fp32", steps
         step()
         _sync(dev)
         times.append(time.perf_counter() - t)
-    s = sorted(times)[len(times) // 2]
+    s = sum(times) / len(times)
     return {"job": f"autoencoder-{batch}x{crop}-{precision}", "batch": batch, "crop": crop, "precision": precision,
             "device": str(dev), "step_times_s": times, "s_per_step": s, "img_s": batch / s,
             "conv_gflop_per_step": conv.total / 1e9, "conv_gflop_forward": conv.forward / 1e9,
