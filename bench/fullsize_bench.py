@@ -171,9 +171,9 @@ def line(r: dict) -> str:
 
 
 def _timed(r: dict) -> list[float]:
-    """The step times after the warm-up (``warmup`` of the job, else the first)."""
+    """The timed step times: a ControlNet job's list starts with its warm-up steps, an autoencoder job's does not."""
     times = r.get("step_times_s") or []
-    return times[r.get("warmup", 1):] or times
+    return (times[r.get("warmup", 1):] or times) if r["kind"] == "controlnet" else times
 
 
 def markdown(summary: dict) -> str:
@@ -228,7 +228,21 @@ def markdown(summary: dict) -> str:
                           f"rate ({mm['gflop_s']:.0f}) | |")
     if ratios:
         out += ["", "| ratio | | |", "|---|---|---|", *ratios]
+    parts = [memory_row(r) for r in rows if r["kind"] == "controlnet" and r["name"] in by]
+    if parts:
+        out += ["", "| recipe | weights as built (measured) | ControlNet grads + AdamW (2 x fp32, counted) | saved for "
+                "backward (measured) | working set (peak - the rest) | peak RSS (measured) |", "|---|---|---|---|---|---|"]
+        out += [f"| {p['name']} | {p['built']:.2f} | {p['train_state']:.2f} | {p['saved']:.2f} | {p['working']:.2f} | "
+                f"{p['peak']:.2f} |" for p in parts]
     return "\n".join(out)
+
+
+def memory_row(r: dict) -> dict:
+    """A ControlNet job's peak split into the memory model's components (GiB)."""
+    state = r["params_m"]["controlnet"] * 1e6 * 12 / GIB  # fp32 gradients + two fp32 AdamW moments
+    rest = r["rss_built_gib"] + state + r["saved_for_backward_gib"]
+    return {"name": r["name"], "built": r["rss_built_gib"], "train_state": state, "saved": r["saved_for_backward_gib"],
+            "working": r["peak_rss_gib"] - rest, "peak": r["peak_rss_gib"]}
 
 
 def main(argv=None) -> int:
