@@ -155,6 +155,9 @@ def controlnet_train(recipe: str, *, spec: str = "sd15", res: int = 512, batch: 
     cached = None
     if cfg["cache"]:  # what --precompute writes once (read from memory here; the loader overlaps disk reads)
         cached = {"latent": sd15.encode_images(base, images), "text": sd15.encode_text(base, captions)}
+        import comfy.model_management as mm
+
+        mm.unload_all_models()  # the VAE and CLIP leave the GPU, as while the trainer reads its cache
     trainer = Trainer(base, ae, modules, controlnet, device=dev, precision=cfg["precision"],
                       checkpointing=cfg["checkpointing"], lr=1e-5)
     gc.collect()
