@@ -54,15 +54,25 @@ def test_bf16_stop_and_resume_is_bit_identical(files):
 
 
 def test_compile_trains_like_eager(files):
-    """``--compile`` on the CPU (both networks compiled): the run lands where the eager one does."""
+    """``--compile`` on the CPU (both networks compiled): the run lands where the eager one does.
+
+    The losses agree to float rounding. The weights are compared within AdamW's step size: Adam
+    divides each gradient by its own running size, so where a gradient is ~0 a rounding difference
+    between compiled and eager kernels can flip an update of size lr (seen here: up to 0.9 lr)."""
     compiler_or_skip()
     root = files["root"] / "compile"
-    common = ("--steps", "2", "--lr", "1e-3", "--no-gradient-checkpointing", "--comfyui", str(files["comfyui"]))
+    lr, steps = 1e-3, 2
+    common = ("--steps", str(steps), "--lr", str(lr), "--log-every", "1", "--no-gradient-checkpointing",
+              "--comfyui", str(files["comfyui"]))
     run_controlnet(controlnet_args(files, root / "eager.safetensors", *common))
     run_or_skip([CONTROLNET_SCRIPT, *controlnet_args(files, root / "compiled.safetensors", *common, "--compile")],
                 "2 compiled steps of the tiny ControlNet trainer")
+    losses = [[r["loss"] for r in runtime.MetricsLog(root / f"{name}.train" / "metrics.jsonl", steps,
+                                                      enabled=False).records() if "loss" in r]
+              for name in ("eager", "compiled")]
+    assert len(losses[0]) == steps and losses[1] == pytest.approx(losses[0], rel=1e-4)
     a = torch.load(runtime.checkpoints(root / "eager.train")[-1], weights_only=True)["controlnet"]
     b = torch.load(runtime.checkpoints(root / "compiled.train")[-1], weights_only=True)["controlnet"]
     assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5, msg=k)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 2 * lr * steps, worst
