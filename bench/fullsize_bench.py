@@ -193,8 +193,9 @@ def markdown(summary: dict) -> str:
                        f"for backward {r['saved_for_backward_gib']:.2f} GiB; warm-up {r['step_times_s'][0]:.1f} s |")
         elif kind == "sampling":
             ae = "" if r["ae_extract_peak_gib"] is None else f"; AE extraction peak +{r['ae_extract_peak_gib']:.3f} GiB"
-            out.append(f"| {r['name']} | {r['sample_s']:.1f} s for {r['steps']} steps | {peak} | hint made "
-                       f"beforehand in {r['extract_s']:.2f} s{ae} |")
+            how = ("hint made inside sampling" if r["path"] == "scg"
+                   else f"hint made beforehand in {r['extract_s']:.2f} s{ae}")
+            out.append(f"| {r['name']} | {r['sample_s']:.1f} s for {r['steps']} steps | {peak} | {how} |")
         elif kind == "autoencoder":
             t = _timed(r)
             s = sum(t) / len(t)
