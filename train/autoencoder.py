@@ -167,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("running")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N; under torchrun one GPU per process")
     g.add_argument("--cpu", dest="device", action="store_const", const="cpu", help="same as --device cpu")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    g.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on CUDA, fp32 on CPU; "
+                   "bf16 also runs on the CPU")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model's forward pass (needs a C compiler "
+                   "on the CPU; the first steps are slow while it compiles)")
     g.add_argument("--deterministic", action="store_true", help="deterministic CUDA kernels (the CPU always is)")
     g.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     g.add_argument("--workers", type=int, help="data-loading processes (default: 0 for the embedded photos, "
@@ -286,9 +288,8 @@ class Training:
         self.first_argv = list(checkpoint["argv"]) if checkpoint else list(argv)
         self.resumes = (list(checkpoint.get("resumes", [])) + [list(argv)]) if checkpoint else []
         device = dist.device
-        self.amp = device.type == "cuda" and options.precision in ("auto", "bf16")
-        if options.precision == "bf16" and device.type != "cuda":
-            raise TrainError("--precision bf16 needs --device cuda (CPU training runs in fp32)")
+        # bf16 autocast: the default on CUDA, asked for on the CPU (where it runs, slower than fp32 on most CPUs)
+        self.amp = options.precision == "bf16" or (options.precision == "auto" and device.type == "cuda")
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

@@ -90,7 +90,8 @@ class Trainer:
     """
 
     def __init__(self, base, ae, modules, controlnet, *, device, precision="fp32", checkpointing=False,
-                 lr=1e-5, weight_decay=1e-2, seed=0, caption_dropout=0.0, max_grad_norm=0.0, dist: Dist | None = None):
+                 lr=1e-5, weight_decay=1e-2, seed=0, caption_dropout=0.0, max_grad_norm=0.0, dist: Dist | None = None,
+                 compile: bool = False):
         from . import sd15
 
         self.base, self.modules, self.device = base, list(modules), torch.device(device)
@@ -105,6 +106,9 @@ class Trainer:
         else:
             sd15.disable_checkpointing(self.unet, self.controlnet)
         self.net = dist.wrap(self.controlnet, gradient_as_bucket_view=True) if dist else self.controlnet
+        # --compile: both networks' forward passes through torch.compile (the modules themselves stay as they are)
+        self.net_forward = torch.compile(self.net) if compile else self.net
+        self.unet_forward = torch.compile(self.unet) if compile else self.unet
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optimizer = torch.optim.AdamW(self.controlnet.parameters(), lr=lr, weight_decay=weight_decay, **fused)
         self._empty = None
@@ -164,7 +168,8 @@ class Trainer:
         sigma = self.model_sampling.sigmas.to(self.device)[timesteps]
         x_t = self.model_sampling.noise_scaling(sigma, noise, latent)
         with self.autocast():
-            eps = sd15.predict_noise(self.unet, net or self.net, self.model_sampling, x_t, sigma, context, hint)
+            eps = sd15.predict_noise(self.unet_forward, net or self.net_forward, self.model_sampling, x_t, sigma,
+                                     context, hint)
         return F.mse_loss(eps.float(), noise.float())
 
     def step(self, batches: list[dict], lr: float) -> float:
@@ -258,7 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g = ap.add_argument_group("cost")
     g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast on CUDA GPUs that support it, else fp32 (the authors)")
+                   help="auto: bf16 autocast on CUDA GPUs that support it, else fp32 (the authors); bf16 (autocast, "
+                        "the frozen UNet stored in bf16) also runs on the CPU")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the ControlNet's and the UNet's forward passes (needs a C compiler on the CPU)")
     g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="recompute block activations in the backward pass (less memory, ~25%% more compute)")
     g.add_argument("--precompute", action="store_true",
@@ -348,8 +356,8 @@ class Training:
         self.modules = self.ae.resolve_modules(args.modules)
         self.hint_hw = self.ae.output_size(args.resolution, args.resolution)
         # the base, frozen (refuses anything but SD1.5 before building models). bf16 training keeps the
-        # frozen UNet's weights in bf16 on CUDA; CPU autocast has no fp32 policy for group_norm, so fp32 there
-        unet_dtype = torch.bfloat16 if precision == "bf16" and dist.cuda else torch.float32
+        # frozen UNet's weights in bf16 (on the CPU ComfyUI's loader casts them per layer: manual cast)
+        unet_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.base = sd15.load_base(args.base, unet_dtype=unet_dtype)
         if args.resolution % self.base.latent_factor:
             raise TrainError(f"--resolution {args.resolution}: must be a multiple of {self.base.latent_factor} "
@@ -405,7 +413,7 @@ class Training:
         self.trainer = trainer_class(self.base, self.ae, self.modules, self.controlnet, device=dist.device,
                                precision=precision, checkpointing=args.gradient_checkpointing, lr=args.lr,
                                weight_decay=args.weight_decay, seed=args.seed, caption_dropout=args.caption_dropout,
-                               max_grad_norm=args.max_grad_norm, dist=dist)
+                               max_grad_norm=args.max_grad_norm, dist=dist, compile=args.compile)
 
         # resume: the newest checkpoint (auto) or the one named; its recipe must be this run's
         self.step = 0

@@ -187,7 +187,9 @@ def build_base(spec: dict = TINY_SPEC, state_dict: dict | None = None, seed: int
 
     model_config = _model_config(spec, source)
     vae_config = _vae_config(spec, source)
-    model_config.set_inference_dtype(unet_dtype, None)
+    # as ComfyUI's loader: weights in a dtype the device cannot compute in (bf16 on a CPU) are cast per layer
+    model_config.set_inference_dtype(unet_dtype, mm.unet_manual_cast(unet_dtype, mm.get_torch_device(),
+                                                                      model_config.supported_inference_dtypes))
     if state_dict is None:  # random weights: build once, initialise in place
         model = model_config.get_model({}, "", device=mm.unet_offload_device())
         init_weights(model.diffusion_model, seed)
