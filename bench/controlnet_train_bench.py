@@ -1,9 +1,9 @@
 """Speed and memory of the SCG ControlNet trainer: the authors' recipe against ours, in one run.
 
-    python bench/controlnet_train_bench.py           # CUDA: full SD1.5 architecture (random weights), 512², batch 4
+    python bench/controlnet_train_bench.py           # CUDA: full SD1.5 architecture (random weights), 512^2, batch 4
     python bench/controlnet_train_bench.py --cpu     # CPU: the same comparison on the tiny SD1.5-architecture base
 
-Recipes (every one runs ``train.controlnet.Trainer.step``: SCG hint, ε-loss, backward, AdamW):
+Recipes (every one runs ``train.controlnet.Trainer.step``: SCG hint, eps-loss, backward, AdamW):
 
 * ``authors``  fp32, no gradient checkpointing, latents and text embeddings encoded every step
   with the VAE and CLIP (as the authors' Lightning code does);
@@ -11,7 +11,7 @@ Recipes (every one runs ``train.controlnet.Trainer.step``: SCG hint, ε-loss, ba
   latents and text embeddings from the cache (``--precompute``);
 * ``ours-nockpt`` the same without checkpointing (the memory/speed trade, for reference).
 
-Targets (issue 5): ``ours`` at least 2× the authors' steps/s, and at most 24 GiB peak at
+Targets (issue 5): ``ours`` at least 2x the authors' steps/s, and at most 24 GiB peak at
 batch 4. Peak = ``torch.cuda.max_memory_allocated`` over the measured steps (model weights
 included). Weights are random: speed and memory do not depend on their values. A benchmark,
 never a test: numbers depend on the machine and on what else runs on it.
@@ -55,7 +55,7 @@ def run_recipe(name, base, ae, modules, images, captions, device, steps, warmup,
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.backends.cudnn.benchmark = name != "authors"  # ours: fixed shapes → cuDNN autotuning (the trainer's default)
+        torch.backends.cudnn.benchmark = name != "authors"  # ours: fixed shapes -> cuDNN autotuning (the trainer's default)
     bf16 = cfg["precision"] == "bf16"
     base.unet.to(torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32)
     controlnet = sd15.build_controlnet(base, seed=0)
@@ -158,8 +158,8 @@ def main(argv=None) -> int:
           f"{getattr(attention.optimized_attention, '__name__', '?')}; "
           f"tf32 matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn tf32 {torch.backends.cudnn.allow_tf32}")
     print(f"models: {spec_name} architecture, random weights (UNet {params['unet']:.1f} M, CLIP {params['clip']:.1f} M, "
-          f"VAE {params['vae']:.1f} M params; built in {build_s:.1f} s); {res}×{res}, batch {a.batch}, "
-          f"hint {ae.output_size(res, res)[0]}² of HC0; {warmup} warm-up + {steps} measured steps per recipe")
+          f"VAE {params['vae']:.1f} M params; built in {build_s:.1f} s); {res}x{res}, batch {a.batch}, "
+          f"hint {ae.output_size(res, res)[0]}^2 of HC0; {warmup} warm-up + {steps} measured steps per recipe")
     results = []
     for r in recipes:
         out = run_recipe(r, base, ae, modules, images, captions, device, steps, warmup, a.batch)
@@ -173,14 +173,14 @@ def main(argv=None) -> int:
     if "authors" in by and "ours" in by:
         speedup = by["ours"]["steps_per_s"] / by["authors"]["steps_per_s"]
         summary["speedup"] = speedup
-        line = f"ours vs authors: {speedup:.2f}× the step rate (target ≥ {TARGET_SPEEDUP:g}×"
+        line = f"ours vs authors: {speedup:.2f}x the step rate (target >= {TARGET_SPEEDUP:g}x"
         line += (": met)" if speedup >= TARGET_SPEEDUP else ": NOT met)")
         if cuda:
             peak = by["ours"]["peak_gib"]
-            line += (f"; ours peaks at {peak:.2f} GiB (target ≤ {TARGET_PEAK_GIB:g} GiB: "
+            line += (f"; ours peaks at {peak:.2f} GiB (target <= {TARGET_PEAK_GIB:g} GiB: "
                      f"{'met' if peak <= TARGET_PEAK_GIB else 'NOT met'}); the authors' at {by['authors']['peak_gib']:.2f} GiB")
         else:
-            line += "; CPU run: proves the script runs, the targets are for a GPU at 512² with the full models"
+            line += "; CPU run: proves the script runs, the targets are for a GPU at 512^2 with the full models"
         print(line)
     print("JSON " + json.dumps(summary))
     if a.json:

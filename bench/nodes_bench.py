@@ -3,7 +3,7 @@
     python bench/nodes_bench.py [--size 512] [--steps 20] [--repeats 5] [--modules HC0] [--cpu]
 
 Both paths run the same tiny SD1.5-architecture graph in a real ComfyUI (found like the
-host tests find it): Apply node → KSampler (euler, CFG 7) at size×size.
+host tests find it): Apply node -> KSampler (euler, CFG 7) at sizexsize.
 
 * core: HypercolumnExtract's hint image computed once beforehand (resolution = size), fed to core's
         Apply ControlNet with the ControlNet as 'Load SCG ControlNet' gives it (the hint stage decodes it);
@@ -12,8 +12,8 @@ host tests find it): Apply node → KSampler (euler, CFG 7) at size×size.
 Runs alternate (core, SCG, SCG, core, ...) so both see the same machine load; the figures
 are medians and fastest runs; on a CPU also the process's CPU time, which other
 processes on a shared machine disturb less than wall time. Printed: the time ratio
-SCG/core (target ≤ 1.05), the same ratio derived from the extraction time alone, the autoencoder's peak
-memory on top while it makes the hint inside sampling (target ≤ 50 MB at 512×512), and
+SCG/core (target <= 1.05), the same ratio derived from the extraction time alone, the autoencoder's peak
+memory on top while it makes the hint inside sampling (target <= 50 MB at 512x512), and
 how far core's path (the hint carried by HypercolumnExtract's [0, 1] hint image) lands from SCG's exact one.
 
 The UNet here is tiny, so the extraction weighs far more against it than against a real
@@ -133,9 +133,9 @@ def main(argv=None):
                                              modules=a.modules, gains="").args
             return ksample(*c)
 
-        print(f"ComfyUI {host} · {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'} · "
+        print(f"ComfyUI {host} * {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'} * "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, subnormals flushed: {flush}")
-        print(f"tiny SD1.5-architecture UNet/ControlNet, {a.size}×{a.size}, {a.steps} euler steps, CFG 7, "
+        print(f"tiny SD1.5-architecture UNet/ControlNet, {a.size}x{a.size}, {a.steps} euler steps, CFG 7, "
               f"modules {a.modules}, hint {tuple(hint.shape[1:3])}")
         x_none = ksample(pos, neg)
         x_core, x_scg = core_path(), scg_path()  # warm-up (and the outputs compared below)
@@ -159,7 +159,7 @@ def main(argv=None):
                   f"hint {mc * 1000:.0f} ms ({min(core_t) * 1000:.0f}); SCGControlApply {ms * 1000:.0f} ms "
                   f"({min(scg_t) * 1000:.0f})")
             print(f"  time ratio SCG / core ({what}): {ms / mc:.3f} median, {min(scg_t) / min(core_t):.3f} fastest   "
-                  "(target ≤ 1.05)")
+                  "(target <= 1.05)")
         run_ms = statistics.median([t[0] for t in t_core]) * 1000
 
         # the extraction as sampling does it (the ControlNet copy's preprocess_image hook), alone: time, memory
@@ -180,9 +180,9 @@ def main(argv=None):
                 torch.cuda.synchronize()
             t_ext = (time.perf_counter() - t0) / 5
             out, peak = peak_memory(lambda hook=hook: hook(resized), device)
-            print(f"extraction of {modules} at {a.size}×{a.size}: {t_ext * 1000:.1f} ms, so SCG / core = "
+            print(f"extraction of {modules} at {a.size}x{a.size}: {t_ext * 1000:.1f} ms, so SCG / core = "
                   f"{1 + t_ext * 1000 / run_ms:.3f} when derived from one core run; autoencoder peak memory on top "
-                  f"{peak / 2**20:.1f} MB (target ≤ 50 MB; the padded hint itself "
+                  f"{peak / 2**20:.1f} MB (target <= 50 MB; the padded hint itself "
                   f"{out.numel() * out.element_size() / 2**20:.1f} MB)")
         effect = (x_scg - x_none).norm().item()
         rel = (x_core - x_scg).norm().item() / effect

@@ -133,7 +133,7 @@ def main(argv=None) -> int:
                 rows.append(r)
                 extra = f"  ({r['pct_peak']:.1f}% of {key}'s {r['peak']:.0f} TFLOP/s "\
                         f"{'bf16' if prec == 'bf16' else 'TF32'} peak)" if peaks else ""
-                print(f"batch {b:>4} × crop {s:>3}  {prec:<4}{' compiled' if comp else ''}: "
+                print(f"batch {b:>4} x crop {s:>3}  {prec:<4}{' compiled' if comp else ''}: "
                       f"{r['img_s']:8.1f} img/s  {r['s_per_step'] * 1000:8.1f} ms/step  "
                       f"{r['gflop_per_step']:8.1f} GFLOP/step  {r['tflops'] * 1000:8.1f} GFLOP/s{extra}", flush=True)
     return 0

@@ -313,9 +313,9 @@ class ControlNetFile:
 
 
 def controlnet_state_dict(tensors: Mapping[str, torch.Tensor], path: str = "state dict") -> dict[str, torch.Tensor]:
-    """The authors' ``control_model.*`` keys → ComfyUI's layout.
+    """The authors' ``control_model.*`` keys -> ComfyUI's layout.
 
-    ``input_hint_block_new.{k}`` → ``input_hint_block.{k-1}`` (k ≥ 1); index 0 (the
+    ``input_hint_block_new.{k}`` -> ``input_hint_block.{k-1}`` (k >= 1); index 0 (the
     autoencoder) and ``hypercolumn.*`` are dropped; ``model.*``, ``first_stage_model.*`` and
     ``cond_stage_model.*`` are ignored. Keys already in ComfyUI's layout pass through.
     """
@@ -342,7 +342,7 @@ def controlnet_state_dict(tensors: Mapping[str, torch.Tensor], path: str = "stat
 
 
 def load_controlnet_file(path, check_tensors: bool = True) -> ControlNetFile:
-    """An authors' SCG ControlNet ``.ckpt`` or our converted file → :class:`ControlNetFile`.
+    """An authors' SCG ControlNet ``.ckpt`` or our converted file -> :class:`ControlNetFile`.
 
     ``check_tensors=False`` leaves :func:`check_controlnet_tensors` to the caller (who first checks
     the architecture from the shapes, say); the embedded autoencoder is always checked.

@@ -4,9 +4,9 @@
     python -m train.analyze MODEL --write-groups [--groups groups.json]
 
 Prints per module: luminance vs colour-opponent energy (chroma fraction), orientation
-selectivity (drifting gratings at 16 orientations × 12 spatial frequencies, luminance and
+selectivity (drifting gratings at 16 orientations x 12 spatial frequencies, luminance and
 colour-opponent), preferred spatial frequency and the module type; then the counts the
-paper's claim is checked against (colour, luminance, oriented modules with OSI ≥ 0.5).
+paper's claim is checked against (colour, luminance, oriented modules with OSI >= 0.5).
 With several models the summaries are printed side by side. Writes the tuning curves (and
 the kernels) of every model as PNG. ``--write-groups`` rewrites a model's groups: derived
 from its kernels, or the ones in ``--groups`` (a user override).
@@ -60,9 +60,9 @@ def table(tunings) -> str:
 def summary_lines(name: str, s: dict) -> dict[str, str]:
     return {
         "model": name,
-        f"colour modules (chroma ≥ {COLOUR_MIN_CHROMA})": str(s["colour_modules"]),
-        f"luminance modules (chroma ≤ {LUMINANCE_MAX_CHROMA})": str(s["luminance_modules"]),
-        f"oriented modules (OSI ≥ {ORIENTED_MIN_OSI})": str(s["oriented_modules"]),
+        f"colour modules (chroma >= {COLOUR_MIN_CHROMA})": str(s["colour_modules"]),
+        f"luminance modules (chroma <= {LUMINANCE_MAX_CHROMA})": str(s["luminance_modules"]),
+        f"oriented modules (OSI >= {ORIENTED_MIN_OSI})": str(s["oriented_modules"]),
         "their OSIs": ",".join(f"{v:.2f}" for v in s["oriented_osis"]) or "-",
         "mean module OSI": f"{s['mean_osi']:.2f}",
         f"weak modules (strength < {WEAK_MAX_STRENGTH})": str(s["weak_modules"]),
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     for i, path in enumerate(a.models):
         ae, tunings, s = analyze(path)
         name = os.path.basename(path)
-        print(f"== {path}: {ae.n_vector} modules × {ae.vector_length}, kernel {ae.kernel_size}, "
+        print(f"== {path}: {ae.n_vector} modules x {ae.vector_length}, kernel {ae.kernel_size}, "
               f"{ae.config.info.get('steps', '?')} steps")
         print(table(tunings))
         print("groups in the file: " + "; ".join(f"{k} {v}" for k, v in ae.groups.items()))

@@ -141,7 +141,7 @@ def step_batches(order: EpochOrder, batch: int, world: int, rank: int, start: in
 
 # --- the cache of latents and text embeddings ---------------------------------------------
 class LatentCache:
-    """``latents.npy`` (N×4×h×w fp16, one row per image of the index), ``text.npy`` (U×77×C fp16,
+    """``latents.npy`` (Nx4xhxw fp16, one row per image of the index), ``text.npy`` (Ux77xC fp16,
     one row per distinct caption; row 0 is the empty prompt), ``text_row.npy`` (N int32),
     ``ok.npy`` (N uint8: 0 = the image could not be decoded), ``meta.json`` (written last: the
     cache is complete only when it exists)."""
@@ -261,7 +261,7 @@ def precompute(base, index, resolution: int, folder: str, key: dict, dist: Dist,
 
 # --- the torch Dataset ---------------------------------------------------------------------
 class TrainSet(torch.utils.data.Dataset):
-    """Samples ``(position, i)`` → dict with the image (3×R×R), caption, cache rows.
+    """Samples ``(position, i)`` -> dict with the image (3xRxR), caption, cache rows.
 
     ``usable`` maps the order's indices to image ids. An image that fails to decode is replaced
     by the next usable one (deterministically, so resumed runs match) and reported in

@@ -33,7 +33,7 @@ SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock_moti
 class ImageSet:
     """An indexable set of RGB images, decoded on demand into a small LRU cache.
 
-    ``items``: file paths, or ``(name, loader)`` pairs where ``loader()`` returns H×W×3 uint8.
+    ``items``: file paths, or ``(name, loader)`` pairs where ``loader()`` returns HxWx3 uint8.
     ``resize``: images whose shorter side exceeds it are scaled down to it (0: never).
     """
 
@@ -147,15 +147,15 @@ class StepPlan:
     """What one global batch of a step is made of; identical on every rank."""
 
     images: np.ndarray   # B image indices (before skipping corrupt files)
-    crop_u: np.ndarray   # B×2 uniforms → crop corner (y, x)
-    angle: dict          # pass → B angles (degrees)
-    shift: dict          # pass → B×2 shifts (fraction of the half side, x, y)
+    crop_u: np.ndarray   # Bx2 uniforms -> crop corner (y, x)
+    angle: dict          # pass -> B angles (degrees)
+    shift: dict          # pass -> Bx2 shifts (fraction of the half side, x, y)
 
 
 class Plan:
     """The deterministic schedule: epoch-wise shuffled image order, crop corners and transforms.
 
-    Everything for step ``s`` comes from ``numpy.random.default_rng([seed, s, …])``: a run
+    Everything for step ``s`` comes from ``numpy.random.default_rng([seed, s, ...])``: a run
     resumed at step s, or split over any number of processes, sees the same batches.
     """
 
@@ -179,7 +179,7 @@ class Plan:
 class CropBatches(torch.utils.data.Dataset):
     """Dataset indexed by step: item s is this rank's slice of step s's global batch.
 
-    Returns ``{"images": b×3×crop×crop float in [0, 1], "step": s, "bad": {index: reason}}``
+    Returns ``{"images": bx3xcropxcrop float in [0, 1], "step": s, "bad": {index: reason}}``
     (``bad``: corrupt files this worker has found so far, for the trainer's count).
     """
 
@@ -210,7 +210,7 @@ class CropBatches(torch.utils.data.Dataset):
         return {"images": x, "step": int(s), "bad": dict(self.images.bad)}
 
     def transforms(self, s: int, device=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's transforms of step s: pass → (B×2×3 affine maps, B angles in radians)."""
+        """This rank's transforms of step s: pass -> (Bx2x3 affine maps, B angles in radians)."""
         from .losses import affine_matrices
 
         p = self.plan.step(int(s))

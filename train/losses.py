@@ -1,27 +1,27 @@
-"""The modular autoencoder's training objective (paper §3; ../shared/docs/scg-paper.md §2).
+"""The modular autoencoder's training objective (paper sec. 3; ../shared/docs/scg-paper.md sec. 2).
 
-For an image I (normalised, B×3×S×S) and a transformed copy I′ = L_δ(I), δ = (t_x, t_y, θ):
+For an image I (normalised, Bx3xSxS) and a transformed copy I' = L_delta(I), delta = (t_x, t_y, theta):
 
-* reconstruction  ``L_rec = ‖D(f) − I‖²`` and ``L_rec′ = ‖m·(D(f′) − I′)‖²`` (tied decoder D),
-* equivariance    ``L_equ = Σ_i ‖m·(f′⁽ⁱ⁾ − M_i(δ) f⁽ⁱ⁾)‖²``: every module's features of I′ are
-  predicted from *that module's own* features of I by a learned vl×vl matrix M_i(δ), read by
-  linear interpolation from a per-module table over δ (:class:`EquivarianceCodebook`);
+* reconstruction  ``L_rec = ||D(f) - I||^2`` and ``L_rec' = ||m*(D(f') - I')||^2`` (tied decoder D),
+* equivariance    ``L_equ = sum_i ||m*(f'(i) - M_i(delta) f(i))||^2``: every module's features of I' are
+  predicted from *that module's own* features of I by a learned vlxvl matrix M_i(delta), read by
+  linear interpolation from a per-module table over delta (:class:`EquivarianceCodebook`);
   no cross-module terms,
-* symmetry        ``L_sym = Σ_i Σ_mn ‖e_m − M_i(δ*_mn) e_n‖²`` with
-  ``δ*_mn = Σ_δ softmax_δ(M_i,mn(δ)/T)·δ`` over the table's grid (the paper's form, with
+* symmetry        ``L_sym = sum_i sum_mn ||e_m - M_i(delta*_mn) e_n||^2`` with
+  ``delta*_mn = sum_delta softmax_delta(M_i,mn(delta)/T)*delta`` over the table's grid (the paper's form, with
   the positive sign of the authors' later code),
 
 with validity masks ``m`` that drop pixels and feature cells whose receptive field came
 from outside the image (masked terms are means over all positions, the invalid ones counting
 zero, so that a batch split over processes averages to the same loss). One step runs a
-translation pass (θ = 0) and a rotation pass
-(θ ~ U(−max_rotate, max_rotate)); both passes share the one 3-D table.
+translation pass (theta = 0) and a rotation pass
+(theta ~ U(-max_rotate, max_rotate)); both passes share the one 3-D table.
 
-How δ reaches the table. Feature cell p′ of f′ is centred on pixel ``s·p′ + o`` of I′
-(stride s, ``o = (K−1)/2 − padding``). Its source point in I is ``q = A⁻¹(s·p′ + o)``,
-i.e. ``u = (q − o)/s`` in feature cells. The prediction reads the original features at
-the nearest cell ``n = round(u)`` and the table at the sub-cell residual ``r = u − n ∈
-[−½, ½]²`` and the rotation angle θ: ``f̂′(p′) = M(r_x, r_y, θ)·f(n)`` (the authors'
+How delta reaches the table. Feature cell p' of f' is centred on pixel ``s*p' + o`` of I'
+(stride s, ``o = (K-1)/2 - padding``). Its source point in I is ``q = A^-^1(s*p' + o)``,
+i.e. ``u = (q - o)/s`` in feature cells. The prediction reads the original features at
+the nearest cell ``n = round(u)`` and the table at the sub-cell residual ``r = u - n in
+[-1/2, 1/2]^2`` and the rotation angle theta: ``f^'(p') = M(r_x, r_y, theta)*f(n)`` (the authors'
 ``pred_ks = 1``).
 """
 from __future__ import annotations
@@ -41,13 +41,13 @@ PASSES = ("trans", "rot")
 
 @dataclass
 class LossWeights:
-    """Weights of the loss terms (paper: L_rec + λ1·L_equ + λ2·L_sym)."""
+    """Weights of the loss terms (paper: L_rec + lambda1*L_equ + lambda2*L_sym)."""
 
-    rec: float = 1.0        # ‖D(f) − I‖²
-    rec_trans: float = 1.0  # ‖m·(D(f′) − I′)‖², per pass
-    rec_pred: float = 0.0   # ‖m·(D(f̂′) − I′)‖², per pass (the authors' later code; not in the paper)
-    equ: float = 1.0        # λ1, per pass
-    sym: float = 0.1        # λ2
+    rec: float = 1.0        # ||D(f) - I||^2
+    rec_trans: float = 1.0  # ||m*(D(f') - I')||^2, per pass
+    rec_pred: float = 0.0   # ||m*(D(f^') - I')||^2, per pass (the authors' later code; not in the paper)
+    equ: float = 1.0        # lambda1, per pass
+    sym: float = 0.1        # lambda2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,19 +55,19 @@ class LossWeights:
 
 # --- the table of prediction matrices -----------------------------------------------------
 class EquivarianceCodebook(nn.Module):
-    """Per-module prediction matrices M_i(δ) ∈ ℝ^{vl×vl} on a grid over δ = (t_x, t_y, θ).
+    """Per-module prediction matrices M_i(delta) in R^{vlxvl} on a grid over delta = (t_x, t_y, theta).
 
-    ``table``: n_rotate × n_translate × n_translate × n_vector × vl × vl. Translation axes
-    span the sub-cell residual [−½, ½] (feature cells) with grid points on both ends;
-    the θ axis is periodic, ``n_rotate`` points at ``−π + 2πk/n_rotate`` (θ = 0 is a grid
-    point when ``n_rotate`` is even). Initialised to the identity plus U(±init_noise).
+    ``table``: n_rotate x n_translate x n_translate x n_vector x vl x vl. Translation axes
+    span the sub-cell residual [-1/2, 1/2] (feature cells) with grid points on both ends;
+    the theta axis is periodic, ``n_rotate`` points at ``-pi + 2pik/n_rotate`` (theta = 0 is a grid
+    point when ``n_rotate`` is even). Initialised to the identity plus U(+/-init_noise).
     """
 
     def __init__(self, n_vector: int, vector_length: int, n_translate: int = 9, n_rotate: int = 16,
                  init_noise: float = 1e-2):
         super().__init__()
         if n_translate < 2 or n_rotate < 1:
-            raise ValueError(f"codebook grid: need n_translate ≥ 2 and n_rotate ≥ 1; got {n_translate}, {n_rotate}")
+            raise ValueError(f"codebook grid: need n_translate >= 2 and n_rotate >= 1; got {n_translate}, {n_rotate}")
         self.n_vector, self.vector_length = n_vector, vector_length
         self.n_translate, self.n_rotate = n_translate, n_rotate
         eye = torch.eye(vector_length).expand(n_rotate, n_translate, n_translate, n_vector, -1, -1)
@@ -75,16 +75,16 @@ class EquivarianceCodebook(nn.Module):
         self.table = nn.Parameter(eye + noise)
 
     def grid_deltas(self) -> torch.Tensor:
-        """δ of every grid point, G×3 (t_x, t_y in cells, θ in radians), in ``table`` order."""
+        """delta of every grid point, Gx3 (t_x, t_y in cells, theta in radians), in ``table`` order."""
         t = torch.linspace(-0.5, 0.5, self.n_translate, device=self.table.device)
         th = -math.pi + 2 * math.pi * torch.arange(self.n_rotate, device=self.table.device) / self.n_rotate
         g_th, g_y, g_x = torch.meshgrid(th, t, t, indexing="ij")
         return torch.stack([g_x, g_y, g_th], -1).reshape(-1, 3)
 
     def forward(self, delta: torch.Tensor) -> torch.Tensor:
-        """Matrices at ``delta`` (N×3: t_x, t_y ∈ [−½, ½] cells, θ radians) → N×n_vector×vl×vl.
+        """Matrices at ``delta`` (Nx3: t_x, t_y in [-1/2, 1/2] cells, theta radians) -> Nxn_vectorxvlxvl.
 
-        Trilinear interpolation (periodic in θ); translations outside [−½, ½] are clamped.
+        Trilinear interpolation (periodic in theta); translations outside [-1/2, 1/2] are clamped.
         """
         nt, nr = self.n_translate, self.n_rotate
         d = delta.float()
@@ -109,35 +109,35 @@ class EquivarianceCodebook(nn.Module):
 
 
 def symmetry_loss(codebook: EquivarianceCodebook, temperature: float = 0.1) -> torch.Tensor:
-    """``mean_{i,m,n} ‖e_m − M_i(δ*_mn) e_n‖²`` (paper §3, positive sign; δ* detached).
+    """``mean_{i,m,n} ||e_m - M_i(delta*_mn) e_n||^2`` (paper sec. 3, positive sign; delta* detached).
 
-    ``δ*_mn`` is the softmax(M_i,mn(δ)/T)-weighted mean of the grid's δ (circular mean in θ):
+    ``delta*_mn`` is the softmax(M_i,mn(delta)/T)-weighted mean of the grid's delta (circular mean in theta):
     where the table maps channel n onto channel m most strongly. The loss asks that there
     M_i maps e_n exactly onto e_m: channels inside a module are transformed copies.
     """
     nv, vl = codebook.n_vector, codebook.vector_length
-    grid = codebook.grid_deltas()                                        # G×3
+    grid = codebook.grid_deltas()                                        # Gx3
     logits = codebook.table.detach().float().reshape(-1, nv, vl, vl) / temperature
-    p = logits.softmax(0)                                                # G×nv×vl×vl
+    p = logits.softmax(0)                                                # Gxnvxvlxvl
     tx = torch.einsum("g,gimn->imn", grid[:, 0], p)
     ty = torch.einsum("g,gimn->imn", grid[:, 1], p)
     th = torch.atan2(torch.einsum("g,gimn->imn", grid[:, 2].sin(), p),
                      torch.einsum("g,gimn->imn", grid[:, 2].cos(), p))
-    star = torch.stack([tx, ty, th], -1).reshape(-1, 3)                 # (i,m,n)×3
-    M = codebook(star).view(nv, vl, vl, nv, vl, vl)                      # [i,m,n] → all modules' M
+    star = torch.stack([tx, ty, th], -1).reshape(-1, 3)                 # (i,m,n)x3
+    M = codebook(star).view(nv, vl, vl, nv, vl, vl)                      # [i,m,n] -> all modules' M
     i = torch.arange(nv, device=M.device)[:, None, None]
     m = torch.arange(vl, device=M.device)[None, :, None]
     n = torch.arange(vl, device=M.device)[None, None, :]
-    col = M[i, m, n, i, :, n]                                            # nv×vl×vl×vl: M_i(δ*_mn) e_n
+    col = M[i, m, n, i, :, n]                                            # nvxvlxvlxvl: M_i(delta*_mn) e_n
     target = torch.eye(vl, device=M.device, dtype=col.dtype)[None, :, None, :]   # e_m
     return (col - target).pow(2).sum(-1).mean()
 
 
 # --- transforms -------------------------------------------------------------------------
 def affine_matrices(angle_deg: torch.Tensor, shift_px: torch.Tensor, size: int) -> torch.Tensor:
-    """B×2×3 source→destination pixel maps: rotate by ``angle_deg`` about the centre, then shift.
+    """Bx2x3 source->destination pixel maps: rotate by ``angle_deg`` about the centre, then shift.
 
-    angle_deg: B; shift_px: B×2 (x, y, pixels). Pixel centres at integer coordinates.
+    angle_deg: B; shift_px: Bx2 (x, y, pixels). Pixel centres at integer coordinates.
     """
     b = angle_deg.shape[0]
     c = torch.full((b, 2), (size - 1) / 2, dtype=angle_deg.dtype, device=angle_deg.device)
@@ -146,7 +146,7 @@ def affine_matrices(angle_deg: torch.Tensor, shift_px: torch.Tensor, size: int) 
 
 
 def warp(x: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """I′ = L_δ(I) (bilinear, zeros outside) and its pixel validity mask (B×1×S×S, 1 = from inside)."""
+    """I' = L_delta(I) (bilinear, zeros outside) and its pixel validity mask (Bx1xSxS, 1 = from inside)."""
     size = tuple(x.shape[-2:])
     xt = kornia.geometry.transform.warp_affine(x, A.to(x.dtype), size, mode="bilinear", padding_mode="zeros",
                                                align_corners=True)
@@ -157,7 +157,7 @@ def warp(x: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def source_cells(A: torch.Tensor, feat_hw: tuple[int, int], stride: int, offset: float) -> torch.Tensor:
-    """Source position in I, in feature-cell units, of every cell of f′: B×h×w×2 (x, y)."""
+    """Source position in I, in feature-cell units, of every cell of f': Bxhxwx2 (x, y)."""
     h, w = feat_hw
     ys, xs = torch.meshgrid(torch.arange(h, device=A.device, dtype=A.dtype),
                             torch.arange(w, device=A.device, dtype=A.dtype), indexing="ij")
@@ -197,7 +197,7 @@ class Trainee(nn.Module):
         return F.conv_transpose2d(f, w.to(f.dtype), stride=self.ae.stride, padding=self.ae.padding)
 
     def _cell_mask(self, src: torch.Tensor, size: int, feat_hw) -> torch.Tensor:
-        """B×h×w validity of each f′ cell: its own receptive field inside I′, its source's inside I,
+        """Bxhxw validity of each f' cell: its own receptive field inside I', its source's inside I,
         and the nearest source cell's receptive field inside I."""
         s, o, R, mg = self.ae.stride, self.offset, self.radius, self.mask_margin
         h, w = feat_hw
@@ -212,7 +212,7 @@ class Trainee(nn.Module):
         return own[None] & inside & near
 
     def predict(self, f: torch.Tensor, src: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """f̂′ = M_i(r, θ)·f⁽ⁱ⁾(n) per module: f B×C×h×w, src B×h′×w′×2, theta B (radians)."""
+        """f^' = M_i(r, theta)*f(i)(n) per module: f BxCxhxw, src Bxh'xw'x2, theta B (radians)."""
         B, C, h, w = f.shape
         nv, vl = self.ae.n_vector, self.ae.vector_length
         hp, wp = src.shape[1:3]
@@ -221,8 +221,8 @@ class Trainee(nn.Module):
         nx = n[..., 0].clamp(0, w - 1).long()
         ny = n[..., 1].clamp(0, h - 1).long()
         idx = (ny * w + nx).reshape(B, 1, -1).expand(-1, C, -1)
-        fs = f.flatten(2).gather(2, idx)                                     # B×C×P
-        fs = fs.view(B, nv, vl, -1).permute(0, 3, 1, 2)                      # B×P×nv×vl
+        fs = f.flatten(2).gather(2, idx)                                     # BxCxP
+        fs = fs.view(B, nv, vl, -1).permute(0, 3, 1, 2)                      # BxPxnvxvl
         delta = torch.cat([r, theta.view(B, 1, 1).expand(-1, r.shape[1], 1).to(r.dtype)], -1)
         M = self.codebook(delta.reshape(-1, 3)).view(B, -1, nv, vl, vl)
         pred = torch.einsum("bpnij,bpnj->bpni", M.to(fs.dtype), fs)
@@ -231,8 +231,8 @@ class Trainee(nn.Module):
     def forward(self, x: torch.Tensor, transforms: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict:
         """Loss terms for a batch.
 
-        x: B×3×S×S images in [0, 1]. transforms: pass name → (A B×2×3 source→dest pixel
-        maps, θ B radians). Returns floats-as-tensors: ``rec``, per pass ``rec_<p>``,
+        x: Bx3xSxS images in [0, 1]. transforms: pass name -> (A Bx2x3 source->dest pixel
+        maps, theta B radians). Returns floats-as-tensors: ``rec``, per pass ``rec_<p>``,
         ``equ_<p>`` (and ``pred_<p>``), ``sym``, and ``total`` (weighted sum).
         """
         ae, lw = self.ae, self.weights

@@ -276,7 +276,7 @@ def escape_caption(text: str) -> str:
 
 @torch.no_grad()
 def encode_text(base: Base, captions: list[str]) -> torch.Tensor:
-    """Captions → SD1.5 text conditioning B×77×context_dim (float32, CPU), with ComfyUI's CLIP.
+    """Captions -> SD1.5 text conditioning Bx77xcontext_dim (float32, CPU), with ComfyUI's CLIP.
 
     Literal text (parentheses escaped); longer captions keep their first 77-token chunk,
     as SD1.5's own text encoder truncates.
@@ -290,7 +290,7 @@ def encode_text(base: Base, captions: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_images(base: Base, images: torch.Tensor) -> torch.Tensor:
-    """B×3×H×W in [0, 1] → SD1.5 latents B×4×H/8×W/8 as the UNet sees them (scaled; float32, CPU).
+    """Bx3xHxW in [0, 1] -> SD1.5 latents Bx4xH/8xW/8 as the UNet sees them (scaled; float32, CPU).
 
     ComfyUI's VAE encode (the posterior's mean), then the model's ``latent_format.process_in``.
     """
@@ -300,7 +300,7 @@ def encode_images(base: Base, images: torch.Tensor) -> torch.Tensor:
 
 # --- the training forward pass ----------------------------------------------------------
 def predict_noise(unet, controlnet, model_sampling, x_t, sigma, context, hint) -> torch.Tensor:
-    """ε-prediction of the frozen UNet with the ControlNet's residuals, at noise level ``sigma``.
+    """eps-prediction of the frozen UNet with the ControlNet's residuals, at noise level ``sigma``.
 
     The same input scaling ComfyUI applies at inference (``calculate_input`` and
     ``timestep`` of the model's own sampling object) for both networks; the control
@@ -363,10 +363,10 @@ def sample(base: Base, controlnet: torch.nn.Module, images: torch.Tensor, hint_f
            scheduler: str = "normal", seed: int = 0, keep_on=None) -> torch.Tensor:
     """Generate with the base and the (training) ControlNet through ``comfy.sample.sample``.
 
-    images: B×3×H×W in [0, 1] at the generation size; ``hint_fn(images)`` makes the hint
+    images: Bx3xHxW in [0, 1] at the generation size; ``hint_fn(images)`` makes the hint
     (run by ComfyUI's hint preparation, so the ControlNet sees exactly what training fed it).
-    context/uncond: B×77×C. ``keep_on``: a device ComfyUI must leave the ControlNet on when it
-    unloads models (the training device). Returns decoded images B×H×W×3 in [0, 1] (CPU).
+    context/uncond: Bx77xC. ``keep_on``: a device ComfyUI must leave the ControlNet on when it
+    unloads models (the training device). Returns decoded images BxHxWx3 in [0, 1] (CPU).
     """
     import comfy.controlnet
     import comfy.model_management as mm

@@ -1,5 +1,5 @@
 """PNG sheets, drawn with Pillow only: the learned kernels (one row per module) next to each
-module's reconstruction of a sample image — the paper's figure of modules — and simple
+module's reconstruction of a sample image -- the paper's figure of modules -- and simple
 line plots for the tuning curves of ``train.analyze``."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ FG = (230, 230, 230)
 
 
 def _signed_rgb(a: np.ndarray, m: float | None = None) -> np.ndarray:
-    """C×H×W signed values → H×W×3 uint8, 0 ↦ grey, scaled by ``m`` (default: the largest |value|;
+    """CxHxW signed values -> HxWx3 uint8, 0 |-> grey, scaled by ``m`` (default: the largest |value|;
     one scale for all channels keeps the hue)."""
     m = m or float(np.abs(a).max()) or 1.0
     return (np.clip(0.5 + 0.5 * a / m, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
@@ -31,13 +31,13 @@ def _paste(sheet: Image.Image, arr: np.ndarray, xy, scale: int = 1) -> None:
 @torch.no_grad()
 def module_sheet(ae: ModularAutoencoder, sample: torch.Tensor, scale: int = 4) -> Image.Image:
     """One row per module: its vl kernels (RGB, shared scale per module) and its reconstruction
-    of ``sample`` (3×H×W in [0, 1]); the first row holds the sample and the full reconstruction."""
+    of ``sample`` (3xHxW in [0, 1]); the first row holds the sample and the full reconstruction."""
     k = rgb_kernels(ae).numpy()
     nv, vl, K = ae.n_vector, ae.vector_length, ae.kernel_size
     p = next(ae.parameters())
     x = ae.normalize(sample[None].to(p))
     f = ae.encode(x, normalize=False)
-    per = ae.decode_per_module(f)[0].float().cpu().numpy()          # nv×3×h×w (normalised space)
+    per = ae.decode_per_module(f)[0].float().cpu().numpy()          # nvx3xhxw (normalised space)
     full = (ae.decode(f)[0].float().cpu() * ae.std.cpu()[0] + ae.mean.cpu()[0]).clamp(0, 1).numpy()
     h, w = per.shape[-2:]
     cell = max(K * scale, h)
@@ -86,7 +86,7 @@ def line_plot(curves: list[tuple[str, np.ndarray, np.ndarray, tuple]], title: st
         px = L + (xx - x0) / max(x1 - x0, 1e-9) * (W - L - R)
         py = H - B - np.asarray(y) / ymax * (H - T - B)
         d.line(list(zip(px.tolist(), py.tolist())), fill=col, width=2)
-    d.text((L, H - B + 4), f"{xlabel}: {np.exp(x0) if log_x else x0:.3g} … {np.exp(x1) if log_x else x1:.3g}",
+    d.text((L, H - B + 4), f"{xlabel}: {np.exp(x0) if log_x else x0:.3g} ... {np.exp(x1) if log_x else x1:.3g}",
            fill=(0, 0, 0))
     d.text((2, T), f"{ymax:.2g}", fill=(0, 0, 0))
     return im

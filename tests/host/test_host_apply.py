@@ -89,7 +89,7 @@ def test_control_model_receives_exactly_the_hint(unet, cn, ae, scg_ae, apply):
     with HintSpy(cn, ae) as spy:
         sample(unet, p, n, LATENT, steps=2)
     expected = ae.hint(nchw(img), "HC0")
-    assert expected.shape[-2:] == (61, 61) == ae.output_size(64, 64)  # 509×509 for 512×512
+    assert expected.shape[-2:] == (61, 61) == ae.output_size(64, 64)  # 509x509 for 512x512
     assert spy.hints and all(h.shape[-2:] == (61, 61) for h in spy.hints)
     for h in spy.hints:
         for i in range(h.shape[0]):  # cond and uncond are batched together
@@ -98,7 +98,7 @@ def test_control_model_receives_exactly_the_hint(unet, cn, ae, scg_ae, apply):
 
 def test_hint_made_at_the_generation_size_non_square(unet, cn, ae, scg_ae, apply):
     pos, neg = conditioning()
-    img = make_images(height=100, width=120)  # resized and centre-cropped to 64×96
+    img = make_images(height=100, width=120)  # resized and centre-cropped to 64x96
     p, n = apply(pos, neg, cn, img, scg_ae, modules="HC2+HC3", gains="5:2,10:0.5")
     with HintSpy(cn, ae) as spy:
         sample(unet, p, n, torch.zeros(1, 4, 8, 12), steps=2)
@@ -133,7 +133,7 @@ def test_hypercolumn_extract_in_core_apply_matches_scg_control_apply(host, unet,
     gives the control model; the samples agree to that precision.
     """
     pos, neg = conditioning()
-    img = make_images(height=100, width=80)  # short side 64: fitted to 80×64, a generation of that size
+    img = make_images(height=100, width=80)  # short side 64: fitted to 80x64, a generation of that size
     latent = torch.zeros(1, 4, 10, 8)
     hint, preview, grid = run_node(node("HypercolumnExtract"), image=img, scg_autoencoder=scg_ae, modules="HC0",
                                    gains="", grid="off", resolution=64)

@@ -128,7 +128,7 @@ def test_grey_and_rgba(ae, scg_ae, extract, caplog):
 @pytest.mark.parametrize("kw,message", [
     ({"image": torch.rand(1, 64, 64)}, "image: got a MASK-shaped tensor"),
     ({"image": torch.rand(1, 64, 64, 3) * 255}, r"image: values must lie in \[0, 1\]"),
-    ({"image": torch.rand(1, 8, 8, 3)}, "image: 8×8 is smaller than the 21×21 kernel"),
+    ({"image": torch.rand(1, 8, 8, 3)}, "image: 8x8 is smaller than the 21x21 kernel"),
     ({"image": torch.full((1, 32, 32, 3), float("nan"))}, "image: contains NaN or infinite values"),
     ({"image": torch.rand(0, 32, 32, 3)}, "image: the batch is empty"),
     ({"gains": "1e30"}, "^gains"),  # refused when parsed, or when the hint is made

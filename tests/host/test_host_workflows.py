@@ -1,4 +1,4 @@
-"""The shipped workflows: converted UI → API and validated by the host; workflow 1 executed end to end."""
+"""The shipped workflows: converted UI -> API and validated by the host; workflow 1 executed end to end."""
 import asyncio
 import json
 import uuid
@@ -118,12 +118,12 @@ def test_hypercolumn_preview_runs_end_to_end(host, stand_in_files):
     assert image.shape == (1, 512, 512, 3)
     hints = {t: node_output(ex, k, 0) for t, k in extracts.items()}
     base = hints["HC0+HC1, gains 1"]
-    assert base.shape == (1, 512, 512, 3)  # the hint image at the default resolution (the hint is 509×509)
-    for label in ("colour ×2", "colour ×0.3"):
+    assert base.shape == (1, 512, 512, 3)  # the hint image at the default resolution (the hint is 509x509)
+    for label in ("colour x2", "colour x0.3"):
         assert not torch.allclose(hints[f"HC0+HC1, {label}"], base)
-    preview = node_output(ex, extracts["HC0+HC1, colour ×2"], 1)
+    preview = node_output(ex, extracts["HC0+HC1, colour x2"], 1)
     assert preview.shape == (1, 509, 509, 3)
-    raw = HintGeometry(21, 4, 10).from_canvas(hints["HC0+HC1, colour ×2"].movedim(-1, 1), encoded=True)
+    raw = HintGeometry(21, 4, 10).from_canvas(hints["HC0+HC1, colour x2"].movedim(-1, 1), encoded=True)
     assert torch.allclose(preview, minmax(raw).movedim(1, -1), atol=1e-4)
 
 

@@ -27,8 +27,8 @@ def _blob(sigma):
 
 
 def handmade() -> ModularAutoencoder:
-    """Module 0: luminance Gabors at 4 orientations; 1: red–green blobs; 2: luminance
-    centre-surround (isotropic); 3: blue–yellow oriented."""
+    """Module 0: luminance Gabors at 4 orientations; 1: red-green blobs; 2: luminance
+    centre-surround (isotropic); 3: blue-yellow oriented."""
     ae = ModularAutoencoder(AutoencoderConfig(gonlin="Vanilla", kernel_size=K, n_vector=4, vector_length=4, groups=[]))
     std = ae.std.view(3, 1, 1)
     lum = torch.ones(3, 1, 1)
@@ -39,7 +39,7 @@ def handmade() -> ModularAutoencoder:
         w[4 + c] = rg * _blob(2.0 + c) * (1 if c % 2 else -1)
         w[8 + c] = lum * (_blob(1.5) - 0.5 * _blob(3.0 + 0.3 * c))
         w[12 + c] = by * _gabor(c * math.pi / 4, sf=0.06, sigma=5.0)
-    ae.gonlin.c1.weight.data.copy_(w * std)  # kernels on normalised input = RGB weights × std
+    ae.gonlin.c1.weight.data.copy_(w * std)  # kernels on normalised input = RGB weights x std
     return ae
 
 
@@ -73,7 +73,7 @@ def test_analyze_command_line(tmp_path, capsys):
     scg_models.save_autoencoder(ae, b, info={"steps": 2})
     assert analyze.main([str(a), str(b), "--png", str(tmp_path / "t.png"), "--json", str(tmp_path / "r.json")]) == 0
     text = capsys.readouterr().out
-    assert "oriented modules (OSI ≥ 0.5)" in text and "a.safetensors" in text and "b.safetensors" in text
+    assert "oriented modules (OSI >= 0.5)" in text and "a.safetensors" in text and "b.safetensors" in text
     assert (tmp_path / "t.0.png").stat().st_size > 1000 and (tmp_path / "t.1.png").exists()
     r = json.loads((tmp_path / "r.json").read_text())
     assert r[str(a)]["summary"]["oriented_modules"] == 2

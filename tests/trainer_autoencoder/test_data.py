@@ -41,7 +41,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
     data.mkdir()
     _folder(data)
     out = tmp_path / "m.safetensors"
-    # 6 files, 5 steps × 4 crops: every file is drawn at least once
+    # 6 files, 5 steps x 4 crops: every file is drawn at least once
     assert trainer.main(TINY_AE + ["--steps", "5", "--crop", "32", "--data", str(data), "--out", str(out),
                                 "--workers", "0"]) == 0
     with open(tmp_path / "m.train" / "metrics.jsonl") as fh:

@@ -33,7 +33,7 @@ def test_encode_decode_match_the_autoencoder():
 
 @pytest.mark.parametrize("shift", [(8.0, -4.0), (-12.0, 0.0)])
 def test_translation_by_whole_cells_gives_zero_equivariance_loss(shift):
-    """Bipolar model, identity table, shifts that are multiples of the stride: f′(p′) = f(p′ − t/s)."""
+    """Bipolar model, identity table, shifts that are multiples of the stride: f'(p') = f(p' - t/s)."""
     torch.manual_seed(0)
     ae = ModularAutoencoder(AutoencoderConfig(groups=[]))
     t = _trainee(ae)
@@ -49,8 +49,8 @@ def test_translation_by_whole_cells_gives_zero_equivariance_loss(shift):
 
 
 def test_rotation_by_90_degrees_with_rotated_channels_gives_zero_equivariance_loss():
-    """A module whose channels are 90° rotations of each other is exactly rotation-equivariant:
-    M(90°) is the cyclic permutation, M(0°) the identity."""
+    """A module whose channels are 90 deg rotations of each other is exactly rotation-equivariant:
+    M(90 deg) is the cyclic permutation, M(0 deg) the identity."""
     torch.manual_seed(0)
     K, S = 21, 65  # the rotation centre (32, 32) is a feature-cell centre (stride 4)
     ae = ModularAutoencoder(AutoencoderConfig(gonlin="Vanilla", kernel_size=K, n_vector=2, vector_length=4,
@@ -64,21 +64,21 @@ def test_rotation_by_90_degrees_with_rotated_channels_gives_zero_equivariance_lo
     w = torch.empty(8, 3, K, K)
     for m in range(2):
         w[4 * m] = torch.randn(3, K, K)
-        for c in range(1, 4):  # W_c(j) = W_{c-1}(Lin·j)
+        for c in range(1, 4):  # W_c(j) = W_{c-1}(Lin*j)
             w[4 * m + c] = w[4 * m + c - 1][:, src_y, src_x]
     ae.gonlin.c1.weight.data.copy_(w)
     t = _trainee(ae, n_t=3, n_r=4)
     P = torch.zeros(4, 4)
-    P[torch.arange(4), (torch.arange(4) + 1) % 4] = 1  # f′_c = f_{c+1}
-    tab = t.codebook.table.data  # rot × ty × tx × module × vl × vl, rot grid −180, −90, 0, 90
+    P[torch.arange(4), (torch.arange(4) + 1) % 4] = 1  # f'_c = f_{c+1}
+    tab = t.codebook.table.data  # rot x ty x tx x module x vl x vl, rot grid -180, -90, 0, 90
     for k, mat in ((0, P @ P), (1, P.T), (2, torch.eye(4)), (3, P)):
         tab[k] = mat
     x = torch.rand(2, 3, S, S)
     out = t(x, {"trans": _transforms(0, (8.0, 4.0), S, 2), "rot": (A, theta)})
     assert out["valid_rot"] > 0.05
     assert out["equ_trans"].item() < 1e-10
-    assert out["equ_rot"].item() < 1e-7  # float rounding of cos 90° in the warp
-    # the same model with the identity at 90° is not: the loss is far from zero
+    assert out["equ_rot"].item() < 1e-7  # float rounding of cos 90 deg in the warp
+    # the same model with the identity at 90 deg is not: the loss is far from zero
     tab[3] = torch.eye(4)
     assert t(x, {"trans": _transforms(0, (8.0, 4.0), S, 2), "rot": (A, theta)})["equ_rot"].item() > 1e-3
     # and the symmetry loss is ~0 for this table (every pair of channels is a rotated copy)
@@ -88,7 +88,7 @@ def test_rotation_by_90_degrees_with_rotated_channels_gives_zero_equivariance_lo
 
 def test_symmetry_loss_of_the_identity_table():
     cb = EquivarianceCodebook(3, 4, 3, 4, init_noise=0.0)
-    # M ≡ I: e_m − I e_n has squared norm 2 for the 12 pairs m ≠ n of 16
+    # M == I: e_m - I e_n has squared norm 2 for the 12 pairs m != n of 16
     assert symmetry_loss(cb).item() == pytest.approx(1.5, abs=1e-6)
 
 
@@ -98,14 +98,14 @@ def test_codebook_interpolation_is_linear_and_periodic():
     g = cb.grid_deltas()
     M = cb(g)
     assert torch.allclose(M, cb.table.reshape(-1, 2, 3, 3), atol=1e-6)
-    # halfway between two θ grid points: the mean of the two; θ + 2π: the same matrix
+    # halfway between two theta grid points: the mean of the two; theta + 2pi: the same matrix
     d = torch.tensor([[0.25, -0.5, -math.pi + 2 * math.pi * 1.5 / 8]])
     mid = cb(d)
     a = cb(torch.tensor([[0.25, -0.5, -math.pi + 2 * math.pi / 8]]))
     b = cb(torch.tensor([[0.25, -0.5, -math.pi + 2 * math.pi * 2 / 8]]))
     assert torch.allclose(mid, (a + b) / 2, atol=1e-6)
     assert torch.allclose(cb(d + torch.tensor([[0, 0, 2 * math.pi]])), mid, atol=1e-5)
-    # wrap-around between the last and the first θ point
+    # wrap-around between the last and the first theta point
     last = cb(torch.tensor([[0.0, 0.0, math.pi - 2 * math.pi / 16]]))
     ends = (cb(torch.tensor([[0.0, 0.0, -math.pi]])) + cb(torch.tensor([[0.0, 0.0, math.pi - 2 * math.pi / 8]]))) / 2
     assert torch.allclose(last, ends, atol=1e-6)

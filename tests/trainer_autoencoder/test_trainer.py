@@ -42,7 +42,7 @@ def test_fifty_cpu_steps_on_the_default_data_lower_the_loss(tmp_path):
     assert "HC0" in ae.groups and "HC1" in ae.groups
     mods = [m for k in ("HC0", "HC1", "HC2", "HC3", "HC4", "HC5") if k in ae.groups and k != "HC2"
             for m in ae.groups[k]]
-    assert sorted(set(mods) | set(ae.groups.get("HC2", []))) == list(range(16))  # HC0–HC5 cover every module
+    assert sorted(set(mods) | set(ae.groups.get("HC2", []))) == list(range(16))  # HC0-HC5 cover every module
     info = ae.config.info
     assert info["command"].startswith("python -m train.autoencoder ") and "--steps 50" in info["command"]
     assert info["steps"] == 50 and "scikit-image" in info["data"]

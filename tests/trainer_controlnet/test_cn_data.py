@@ -37,7 +37,7 @@ def test_captions_from_coco_json(tmp_path):
                             {"image_id": 11, "id": 4, "caption": "no file"}]}
     (tmp_path / "captions.json").write_text(json.dumps(coco))
     idx = scan(tmp_path, tmp_path / "captions.json")
-    assert idx.captions == ["first image", "", "Second image, first caption"]  # img1: no caption → empty prompt
+    assert idx.captions == ["first image", "", "Second image, first caption"]  # img1: no caption -> empty prompt
     (tmp_path / "bad.json").write_text('{"images": []}')
     from scg_models import SCGError
 
@@ -115,7 +115,7 @@ def test_precompute_cache_is_built_once_and_used(files):
     assert torch.allclose(cache.latent(2), lat, atol=1e-3, rtol=1e-2)
     txt = sd15.encode_text(base, [idx.captions[2]])[0]
     assert torch.allclose(cache.text(cache.text_row(2)), txt, atol=2e-3, rtol=1e-2)
-    assert torch.equal(cache.text(0), cache.text(cache.text_row(1)))  # uncaptioned → the empty prompt row
+    assert torch.equal(cache.text(0), cache.text(cache.text_row(1)))  # uncaptioned -> the empty prompt row
     mtime = (cache_dir / "latents.npy").stat().st_mtime_ns
     run_controlnet(argv + ["--steps", "3"])  # same data and base: the cache is reused, not rebuilt
     assert (cache_dir / "latents.npy").stat().st_mtime_ns == mtime

@@ -72,7 +72,7 @@ def test_cli_refuses_a_base_that_is_not_sd15(files, tmp_path, capsys):
 
 def test_full_size_controlnet_layout_is_what_core_loads_as_sd15(comfy):
     """Our ControlNet at full SD1.5 size: ComfyUI's ControlNet detection says SD15, and the hint
-    block turns the 509×509 hint of a 512 image into the 64×64 latent (765 → 96 at 768)."""
+    block turns the 509x509 hint of a 512 image into the 64x64 latent (765 -> 96 at 768)."""
     import comfy.model_detection
 
     from scg_models import ModularAutoencoder

@@ -112,3 +112,18 @@ def _probe_main() -> int:
 
 if __name__ == "__main__":
     sys.exit(_probe_main())
+
+
+def assert_same_training(candidate: dict, reference: dict, other: dict, steps: int, lr: float) -> None:
+    """``candidate`` (e.g. a two-process run) trained like ``reference`` (one process), as far as a test can tell.
+
+    Equal up to the order of the all-reduce sums: AdamW turns rounding in a near-zero gradient into an
+    lr-sized step, so some weights may differ by up to ``steps * lr``; a run that saw other data or noise
+    (``other``, another seed) differs almost everywhere, so the candidate must differ in far fewer weights.
+    """
+    def differing(weights):
+        return sum(int(((weights[k] - v).abs() > 1e-6).sum()) for k, v in reference.items())
+
+    near, far = differing(candidate), differing(other)
+    worst = max(float((candidate[k] - v).abs().max()) for k, v in reference.items())
+    assert worst <= steps * lr * 1.01 and near * 10 < far, (worst, near, far)
