@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from scg_testing import torchaudio_stub
-from scg_testing.evaluate import RES, as_authors_ckpt, make_images, tiny_base, tiny_controlnet
+from scg_testing.evaluate import RES, as_authors_ckpt, make_images, tiny_controlnet, tiny_setup
 from scg_testing.hosts import find_host
 
 HOST = find_host()
@@ -28,20 +26,12 @@ NAMES = ["c.png", "a.png", "b.png"]  # written in this order; sorted: a, b, c
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from train import sd15
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    if "comfy.model_management" not in sys.modules:
-        torchaudio_stub.install()
-    sd15.import_comfy(HOST, cpu=True)
     root = tmp_path_factory.mktemp("eval")
-    base = tiny_base(root / "tiny_sd15.safetensors")
-    tiny_controlnet(base, root / "cn.safetensors")
-    make_images(root / "images", NAMES)
-    yield {"root": root, "base": str(root / "tiny_sd15.safetensors"), "cn": str(root / "cn.safetensors"),
-           "images": str(root / "images")}
-    torch.set_num_threads(threads)
+    with tiny_setup(HOST, root) as base:
+        tiny_controlnet(base, root / "cn.safetensors")
+        make_images(root / "images", NAMES)
+        yield {"root": root, "base": str(root / "tiny_sd15.safetensors"), "cn": str(root / "cn.safetensors"),
+               "images": str(root / "images")}
 
 
 def _argv(files, out, *extra):

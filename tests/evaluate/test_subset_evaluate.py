@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 
-from scg_testing import torchaudio_stub
-from scg_testing.evaluate import RES, make_images, tiny_base, tiny_controlnet
+from scg_testing.evaluate import RES, make_images, tiny_controlnet, tiny_setup
 from scg_testing.hosts import find_host
 from scg_testing.subsets import tiny_any_subset_controlnet
 
@@ -19,21 +17,13 @@ pytestmark = [pytest.mark.host, pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from train import sd15
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    if "comfy.model_management" not in sys.modules:
-        torchaudio_stub.install()
-    sd15.import_comfy(HOST, cpu=True)
     root = tmp_path_factory.mktemp("eval_subset")
-    base = tiny_base(root / "tiny_sd15.safetensors")
-    tiny_any_subset_controlnet(base, root / "any.safetensors")
-    tiny_controlnet(base, root / "hc0.safetensors")
-    make_images(root / "images", ["a.png", "b.png"])
-    yield {"root": root, "base": str(root / "tiny_sd15.safetensors"), "any": str(root / "any.safetensors"),
-           "hc0": str(root / "hc0.safetensors"), "images": str(root / "images")}
-    torch.set_num_threads(threads)
+    with tiny_setup(HOST, root) as base:
+        tiny_any_subset_controlnet(base, root / "any.safetensors")
+        tiny_controlnet(base, root / "hc0.safetensors")
+        make_images(root / "images", ["a.png", "b.png"])
+        yield {"root": root, "base": str(root / "tiny_sd15.safetensors"), "any": str(root / "any.safetensors"),
+               "hc0": str(root / "hc0.safetensors"), "images": str(root / "images")}
 
 
 def _argv(files, out, *extra):

@@ -6,6 +6,8 @@ imports it, so moving the builder only changes the import below.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +26,15 @@ def tiny_base(path: Path):
     return base
 
 
-def tiny_controlnet(base, path: Path, seed: int = 1, ae_seed: int = 0) -> None:
-    """An SCG ControlNet for ``base`` with random weights everywhere (so the control changes the
-    output) and a random 16-module autoencoder embedded, in our converted .safetensors format."""
+def random_scg_controlnet(base_or_config, seed: int = 1, ae_seed: int = 0, hint_channels: int = 3):
+    """(ControlNet state dict, autoencoder): random weights everywhere (so the control changes the
+    output), a hint block that passes the hint on at full strength, a random 16-module autoencoder."""
     from scg_models import ModularAutoencoder
-    from scg_models.formats import ControlNetFile, save_controlnet
     from train.sd15 import build_controlnet, init_weights
 
-    cm = build_controlnet(base, seed=seed)
+    cm = build_controlnet(base_or_config, seed=seed, hint_channels=hint_channels)
     init_weights(cm, seed)  # the zero convolutions too: an untrained ControlNet would change nothing
-    with torch.random.fork_rng(devices=[]):  # a hint block that passes the hint on at full strength
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for m in cm.input_hint_block:
             if isinstance(m, torch.nn.Conv2d):
@@ -41,7 +42,16 @@ def tiny_controlnet(base, path: Path, seed: int = 1, ae_seed: int = 0) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ae_seed)
         ae = ModularAutoencoder()
-    save_controlnet(ControlNetFile(dict(cm.state_dict()), ae, {}), path, info={"selection": "HC0"})
+    return dict(cm.state_dict()), ae
+
+
+def tiny_controlnet(base, path: Path, seed: int = 1, ae_seed: int = 0) -> None:
+    """A per-group (HC0) SCG ControlNet for ``base`` from :func:`random_scg_controlnet`, in our
+    converted .safetensors format."""
+    from scg_models.formats import ControlNetFile, save_controlnet
+
+    state_dict, ae = random_scg_controlnet(base, seed, ae_seed)
+    save_controlnet(ControlNetFile(state_dict, ae, {}), path, info={"selection": "HC0"})
 
 
 def make_images(folder: Path, names: list[str], size=(40, 48), seed: int = 0, captions: bool = True) -> None:
@@ -76,3 +86,21 @@ def as_authors_ckpt(converted: Path, path: Path) -> None:
     for key, v in cn.autoencoder.state_dict().items():
         sd["control_model.input_hint_block_new.0.lgn_ende.conv." + key[len("gonlin."):]] = v.clone()
     torch.save({"state_dict": sd, "global_step": 0}, path)
+
+
+@contextlib.contextmanager
+def tiny_setup(host, root: Path):
+    """One torch thread, the host's ComfyUI imported (torchaudio stubbed where missing), and the tiny
+    base written to ``root/tiny_sd15.safetensors``; yields the base. Threads are restored after."""
+    from scg_testing import torchaudio_stub
+    from train import sd15
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if "comfy.model_management" not in sys.modules:
+            torchaudio_stub.install()
+        sd15.import_comfy(host, cpu=True)
+        yield tiny_base(root / "tiny_sd15.safetensors")
+    finally:
+        torch.set_num_threads(threads)

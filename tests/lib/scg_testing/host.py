@@ -25,6 +25,7 @@ import torch
 
 import nodes
 from scg_models import AutoencoderConfig, ModularAutoencoder
+from scg_testing.tiny_sd15 import seeded_init
 
 CONTEXT = 32
 UNET_CONFIG = {
@@ -35,14 +36,6 @@ UNET_CONFIG = {
     "use_linear_in_transformer": False, "context_dim": CONTEXT, "use_temporal_resblock": False,
     "use_temporal_attention": False,
 }
-
-
-def seeded_init(module: torch.nn.Module, seed: int, std: float = 0.05) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-    return module
 
 
 def tiny_unet(seed: int = 0, model_channels: int = 32) -> comfy.model_patcher.ModelPatcher:
