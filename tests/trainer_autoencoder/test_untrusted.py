@@ -151,3 +151,28 @@ def test_a_crafted_checkpoint_is_a_clear_error_not_a_traceback(tmp_path, data):
         torch.save({**good, **change}, path)
         with pytest.raises(TrainError, match=says):
             trainer.train(["--resume", "auto", "--out", str(out), "--no-progress"])
+
+
+def test_a_full_disk_leaves_the_model_file_and_the_saved_state_agreeing(tmp_path, data, monkeypatch, capsys):
+    """The disk fills while the model file is written: the run fails with the project's error, no
+    half file is left, and resuming writes the model of exactly the step the saved state holds."""
+    import errno
+
+    from scg_models import formats
+
+    out = tmp_path / "m.safetensors"
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(formats, "save_file", full_disk)
+    assert _run(data, out, "--steps", "3") == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+    saved = runtime.checkpoints(tmp_path / "m.train")
+    assert [os.path.basename(p) for p in saved][-1] == "step_00000003.pt"
+    monkeypatch.undo()
+    assert trainer.main(["--resume", "auto", "--out", str(out), "--no-progress"]) == 0
+    assert scg_models.load_autoencoder(out).config.info["steps"] == 3
