@@ -40,6 +40,18 @@ RECIPES = {
 TARGET_SPEEDUP, TARGET_PEAK_GIB = 2.0, 24.0
 
 
+def synthetic_batch(k: int, batch: int, images: torch.Tensor, captions: list[str], cached: dict | None) -> dict:
+    """Training batch ``k`` of the benchmarks: ``batch`` images taken in turn from ``images``
+    (Nx3xRxR), with their cached ``latent``/``text`` when ``cached`` holds them, else captions."""
+    idx = [(k * batch + j) % images.shape[0] for j in range(batch)]
+    b = {"position": torch.tensor([k * batch + j for j in range(batch)]), "image": images[idx]}
+    if cached is not None:
+        b.update(latent=cached["latent"][idx], text=cached["text"][idx])
+    else:
+        b["caption"] = [captions[i] for i in idx]
+    return b
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -61,7 +73,6 @@ def run_recipe(name, base, ae, modules, images, captions, device, steps, warmup,
     controlnet = sd15.build_controlnet(base, seed=0)
     trainer = Trainer(base, ae, modules, controlnet, device=device, precision=cfg["precision"],
                       checkpointing=cfg["checkpointing"], lr=1e-5)
-    n = images.shape[0]
     cached = None
     if cfg["cache"]:  # what --precompute writes once; read from memory here (the loader overlaps disk reads)
         cached = {"latent": sd15.encode_images(base, images), "text": sd15.encode_text(base, captions)}
@@ -71,13 +82,7 @@ def run_recipe(name, base, ae, modules, images, captions, device, steps, warmup,
         base.model.to(device)
 
     def batch_at(k):
-        idx = [(k * batch + j) % n for j in range(batch)]
-        b = {"position": torch.tensor([k * batch + j for j in range(batch)]), "image": images[idx]}
-        if cached is not None:
-            b.update(latent=cached["latent"][idx], text=cached["text"][idx])
-        else:
-            b["caption"] = [captions[i] for i in idx]
-        return b
+        return synthetic_batch(k, batch, images, captions, cached)
 
     gc.collect()
     if device.type == "cuda":

@@ -135,6 +135,7 @@ class SavedBytes:
 def controlnet_train(recipe: str, *, spec: str = "sd15", res: int = 512, batch: int = 1, steps: int = 2,
                      warmup: int = 1, device: str = "cpu") -> dict:
     """Step times and memory of one recipe of :data:`RECIPES` (each step: ``batch`` images at res x res)."""
+    from bench.controlnet_train_bench import synthetic_batch
     from scg_testing import tiny_sd15
     from train import sd15
     from train.controlnet import Trainer
@@ -164,13 +165,7 @@ def controlnet_train(recipe: str, *, spec: str = "sd15", res: int = 512, batch: 
     rss_built = rss_gib()
 
     def batch_at(k):
-        idx = [(k * batch + j) % n for j in range(batch)]
-        b = {"position": torch.tensor([k * batch + j for j in range(batch)]), "image": images[idx]}
-        if cached is not None:
-            b.update(latent=cached["latent"][idx], text=cached["text"][idx])
-        else:
-            b["caption"] = [captions[i] for i in idx]
-        return b
+        return synthetic_batch(k, batch, images, captions, cached)
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
