@@ -1,6 +1,6 @@
-"""An any-subset SCG ControlNet through Load SCG ControlNet and Apply SCG ControlNet, in a real
-ComfyUI sampler, with three selections; and the warning of a per-group ControlNet given another
-selection. Tiny SD1.5-architecture models with random weights, built in the test."""
+"""An any-subset SCG ControlNet, trained here with ``train.controlnet --subsets``, through Load SCG
+ControlNet and Apply SCG ControlNet in a real ComfyUI sampler with three selections; and the warning
+of a per-group ControlNet given another selection. Tiny SD1.5-architecture models built in the test."""
 import logging
 
 import pytest
@@ -8,7 +8,8 @@ import torch
 
 from scg_testing import tiny_sd15
 from scg_testing.host import conditioning, make_images, run_node, sample
-from scg_testing.subsets import tiny_any_subset_controlnet
+from scg_testing.trainers import controlnet_args, run_controlnet
+from scg_testing.trainers import make_images as make_image_files
 
 #: the smallest UNet width ComfyUI's generic ControlNet loader builds (context 32)
 CONFIG = tiny_sd15.unet_config(64, 32)
@@ -29,10 +30,29 @@ def loader(host, node, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def any_file(host, unet):
-    path = host.dirs.models["controlnet"] / "any_tiny.safetensors"
-    tiny_any_subset_controlnet(unet.model.model_config.unet_config, path, seed=1)
-    yield path.name
+def trained(host, tmp_path_factory):
+    """(base, file name): a tiny SD1.5-architecture base and an any-subset ControlNet trained on it
+    for 20 steps with ``train.controlnet --subsets`` (written into models/controlnet)."""
+    from scg_models import ModularAutoencoder, save_autoencoder
+
+    root = tmp_path_factory.mktemp("any_subset")
+    base = tiny_sd15.build_base(seed=0)
+    files = {"base": tiny_sd15.save_checkpoint(base, root / "tiny_sd15.safetensors"),
+             "ae": str(root / "ae.safetensors"), "data": str(root / "data")}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        save_autoencoder(ModularAutoencoder(), files["ae"])
+    make_image_files(root / "data", 6)
+    path = host.dirs.models["controlnet"] / "any_trained.safetensors"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = run_controlnet(controlnet_args(files, path, "--modules", "all", "--subsets", "--steps", "20",
+                                                 "--lr", "1e-3", "--no-gradient-checkpointing"))
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["done"] and summary["step"] == 20
+    yield base, path.name
     path.unlink()
 
 
@@ -42,10 +62,12 @@ def _apply(node, cn, scg_ae, image, modules, gains=""):
                     start_percent=0.0, end_percent=1.0, scg_autoencoder=scg_ae, modules=modules, gains=gains)
 
 
-def test_any_subset_controlnet_runs_with_three_selections(unet, node, loader, any_file):
+def test_trained_any_subset_controlnet_runs_with_three_selections(node, loader, trained):
     from scg_models.subsets import presence_mask
 
-    cn, scg_ae = loader(any_file)
+    base, name = trained
+    unet = base.patcher  # the UNet the ControlNet was trained against
+    cn, scg_ae = loader(name)
     model = cn.control_model.control_model  # the ControlNet behind the loader's hint adapter
     assert model.input_hint_block[0].in_channels == 3 + 16
     ae = scg_ae.ae
