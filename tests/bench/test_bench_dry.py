@@ -95,3 +95,27 @@ def test_conv_flops_are_counted_from_the_shapes():
         with torch.no_grad():
             up(torch.randn(1, 4, 5, 5))
     assert count.forward == 2 * (1 * 4 * 25 * 2 * 16)  # every input pixel scatters a 2 x 4 x 4 kernel
+
+
+@pytest.mark.skipif(HOST is None, reason=NO_HOST)
+def test_subset_proof_runs_end_to_end_at_a_tiny_size(tmp_path):
+    """bench/subset_proof.py with a few steps everywhere: the base is trained, the three ControlNets are
+    trained in child processes, evaluated with train.evaluate, and their held-out losses measured."""
+    out = tmp_path / "proof"
+    done = _run(os.path.join("bench", "subset_proof.py"), "--out", str(out), "--train-images", "8", "--eval-images",
+                "4", "--vae-steps", "3", "--base-steps", "3", "--steps", "3", "--sample-steps", "2", timeout=600)
+    assert done.returncode in (0, 1), done.stdout[-2000:] + done.stderr[-3000:]  # 1: a claim does not hold
+    report = json.loads((out / "proof.json").read_text())
+    assert [(r["selection"], r["controlnet"]) for r in report["rows"]] == [
+        ("none", "no control"), ("HC0", "per-group HC0"), ("HC0", "any-subset"), ("HC0", "any-subset, mask of HC1"),
+        ("HC1", "per-group HC1"), ("HC1", "any-subset"), ("HC1", "any-subset, mask of HC0")]
+    assert len(report["verdicts"]) == 9 and done.returncode == (0 if all(v["holds"] for v in report["verdicts"]) else 1)
+    assert set(report["training"]) == {"HC0", "HC1", "any"}
+    assert all(r["steps"] == 3 for r in report["training"].values())
+    losses = report["denoising_losses"]
+    assert len(losses) == 9 and all(0 < v < 10 for v in losses.values())
+    # a wrong mask changes what the any-subset model predicts (its mask weights were trained)
+    assert losses["any-subset random subsets"] != losses["any-subset random subsets, mask of another"]
+    assert (out / "proof.md").read_text().count("- [") == 9
+    for model in ("HC0", "HC1", "any"):
+        assert (out / "models" / f"{model}.safetensors").is_file()
