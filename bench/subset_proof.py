@@ -95,10 +95,10 @@ def make_images(folder: Path, n: int, res: int, seed: int, lighting: str = "none
 
 def load_images(folder: Path) -> torch.Tensor:
     """The ``.png`` images of ``folder`` in name order, Nx3xHxW float in [0, 1]."""
-    from PIL import Image
+    from scg_models.imaging import load_image
 
-    return torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255)
-                        .permute(2, 0, 1) for f in sorted(folder.glob("*.png"))])
+    return torch.stack([torch.from_numpy(load_image(f, np.float32)).permute(2, 0, 1)
+                        for f in sorted(folder.glob("*.png"))])
 
 
 #: The proof's base: the tiny UNet and CLIP of the test tiers, and a small KL VAE of SD1.5's kind
@@ -185,13 +185,13 @@ def train_argv(base: str, ae: str, data: Path, out: Path, modules: str, a, *extr
 
 def train_all(jobs: dict[str, list[str]], logs: Path) -> dict[str, dict]:
     """Train every model at once, one single-threaded child process each (this script with
-    ``--train-child``); returns each one's summary (the trainer's ``end`` record) with its wall time."""
+    ``--train-child``); returns each one's summary (the trainer's ``end`` record)."""
     import subprocess
 
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests", "lib"), os.environ.get("PYTHONPATH", "")])}
-    procs, t0 = {}, time.time()
+    procs = {}
     for name, argv in jobs.items():
         with open(logs / f"{name}.log", "w", encoding="utf-8") as log:
             procs[name] = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--train-child", *argv],
@@ -205,7 +205,6 @@ def train_all(jobs: dict[str, list[str]], logs: Path) -> dict[str, dict]:
         out = Path(jobs[name][jobs[name].index("--out") + 1])
         with open(out.with_suffix(".train") / "metrics.jsonl", encoding="utf-8") as fh:
             summaries[name] = [r for r in map(json.loads, fh) if r.get("event") == "end"][-1]
-        summaries[name]["wall_seconds"] = time.time() - t0
     return summaries
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from scg_testing.core import recorded_hints
 from scg_testing.evaluate import RES, as_authors_ckpt, make_images, tiny_controlnet, tiny_setup
 from scg_testing.hosts import find_host
 
@@ -150,11 +151,7 @@ def test_the_controlnet_gets_exactly_hint_input(files, monkeypatch):
 
     base = sd15.load_base(files["base"])
     control = evaluate.load_control(files["cn"], base, None, torch.device("cpu"), torch.float32)
-    seen = []
-    model = control.control.control_model
-    handle = model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["hint"].clone()),
-                                             with_kwargs=True)
-    try:
+    with recorded_hints(control.control.control_model) as seen:
         from train.cn_data import load_image
 
         image = load_image(f"{files['images']}/a.png", RES)[None]
@@ -162,8 +159,6 @@ def test_the_controlnet_gets_exactly_hint_input(files, monkeypatch):
         args = evaluate.build_parser().parse_args(_argv(files, files["root"] / "unused", "--steps", "1"))
         uncond = sd15.encode_text(base, [""])
         hc1 = evaluate.generate(base, control, "HC1", image, context, uncond, 0, args)
-    finally:
-        handle.remove()
     want = control.ae.hint(image, "HC1")
     assert want.shape[-2:] == (29, 29)
     assert seen and all(h.shape[-2:] == (29, 29) and torch.allclose(h[:1].float(), want) for h in seen)

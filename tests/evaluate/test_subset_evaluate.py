@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from scg_testing.core import recorded_hints
 from scg_testing.evaluate import RES, make_images, tiny_controlnet, tiny_setup
 from scg_testing.hosts import find_host
 from scg_testing.subsets import tiny_any_subset_controlnet
@@ -56,17 +57,11 @@ def test_the_controlnet_gets_hint_and_presence_mask(files):
     base = sd15.load_base(files["base"])
     control = evaluate.load_control(files["any"], base, None, torch.device("cpu"), torch.float32)
     assert control.kind == "any_subset"
-    seen = []
-    model = control.control.control_model
-    handle = model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["hint"].clone()),
-                                             with_kwargs=True)
-    try:
+    with recorded_hints(control.control.control_model) as seen:
         image = load_image(f"{files['images']}/a.png", RES)[None]
         args = evaluate.build_parser().parse_args(_argv(files, files["root"] / "unused", "--steps", "1"))
         evaluate.generate(base, control, "HC1", image, sd15.encode_text(base, ["x"]), sd15.encode_text(base, [""]),
                           0, args)
-    finally:
-        handle.remove()
     assert seen
     for h in seen:
         assert h.shape[1:] == (19, 29, 29)

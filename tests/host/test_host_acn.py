@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from scg_models.geometry import HintGeometry
+from scg_testing.core import recorded_hints
 from scg_testing.host import conditioning, make_images, random_ae, run_node, sample, tiny_control_model, tiny_unet
 
 ACN_REPO = Path(os.environ.get("SCG_ACN_REPO", "/work/.mirror/Kosinkadink+ComfyUI-Advanced-ControlNet/repo"))
@@ -67,10 +68,8 @@ def scg_apply(node, pos, neg, control_net, image, scg_ae):
 
 
 def hints_of(control):
-    """Records the hints the real control model behind ``control`` receives."""
-    seen = []
-    model = getattr(control.control_model, "control_model", control.control_model)
-    return seen, model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["hint"].clone()), with_kwargs=True)
+    """Records the hints the real control model behind ``control`` receives (a context manager)."""
+    return recorded_hints(getattr(control.control_model, "control_model", control.control_model))
 
 
 def test_keyframes_masks_and_weights_survive_scg_control_apply(acn, node, unet, ae, scg_ae, cn_file):
@@ -86,11 +85,8 @@ def test_keyframes_masks_and_weights_survive_scg_control_apply(acn, node, unet, 
     ours = keyframes.keyframes[-1]  # after ACN's default keyframe
     assert ours.control_weights is weights and ours.mask_hint_orig is mask
     assert control.control_model.control_model is control_net.control_model  # the same weights, behind SCG's stage
-    seen, handle = hints_of(control)
-    try:
+    with hints_of(control) as seen:
         controlled = sample(unet, p, n, LATENT, steps=2)
-    finally:
-        handle.remove()
     assert torch.isfinite(controlled).all() and seen
     assert all(torch.equal(h[:1], ae.hint(img.movedim(-1, 1), "HC0")) for h in seen)  # exact, 61x61
     assert (controlled - sample(unet, pos, neg, LATENT, steps=2)).abs().max() > 1e-3
@@ -117,10 +113,7 @@ def test_hypercolumn_extract_in_acn_apply_is_not_stretched(acn, host, node, unet
                                                                             encoded=True)
     p, n = run_node(node("ACN_AdvancedControlNetApply_v2"), positive=pos, negative=neg, control_net=control_net,
                     image=hint, strength=1.0, start_percent=0.0, end_percent=1.0)
-    seen, handle = hints_of(p[0][1]["control"])
-    try:
+    with hints_of(p[0][1]["control"]) as seen:
         sample(unet, p, n, LATENT, steps=1)
-    finally:
-        handle.remove()
     assert seen and seen[0].shape[-2:] == (61, 61)  # 509 for 512: the hint the SCG ControlNet is built for
     assert (seen[0][:1] - ae.hint(img.movedim(-1, 1), "HC0")).abs().max() <= 64 * 2.0 ** -24

@@ -1,4 +1,6 @@
 """SCGControlApply inside a real ComfyUI sampler, with tiny SD1.5-architecture models."""
+import contextlib
+
 import comfy.model_management as mm
 import pytest
 import torch
@@ -6,6 +8,7 @@ import torch
 import nodes
 from scg_models.geometry import HintGeometry
 from scg_models.imaging import fit
+from scg_testing.core import recorded_hints
 from scg_testing.host import conditioning, make_images, random_ae, run_node, sample, tiny_controlnet, tiny_unet
 
 LATENT = torch.zeros(1, 4, 8, 8)
@@ -42,21 +45,19 @@ class HintSpy:
     """Records the ``hint`` the real control model receives, and counts autoencoder extractions."""
 
     def __init__(self, control_net, ae):
-        self.hints, self.calls = [], 0
-        model = control_net.control_model  # the real control model (a copy wears an adapter in front of it)
-        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.calls = 0
+        # the real control model (a copy wears an adapter in front of it)
+        self.stack = contextlib.ExitStack()
+        self.hints = self.stack.enter_context(recorded_hints(control_net.control_model))
         self.ae, self.original = ae, ae.hint
         ae.hint = self._count
-
-    def _hook(self, module, args, kwargs):
-        self.hints.append(kwargs["hint"].detach().clone())
 
     def _count(self, *a, **kw):
         self.calls += 1
         return self.original(*a, **kw)
 
     def close(self):
-        self.handle.remove()
+        self.stack.close()
         del self.ae.hint  # back to the class method
 
     def __enter__(self):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from scg_testing import tiny_sd15
+from scg_testing.core import recorded_hints
 from scg_testing.host import conditioning, make_images, run_node, sample
 from scg_testing.trainers import controlnet_args, run_controlnet
 from scg_testing.trainers import make_images as make_image_files
@@ -75,13 +76,8 @@ def test_trained_any_subset_controlnet_runs_with_three_selections(node, loader, 
     x = image.movedim(-1, 1)
     results = {}
     for modules, gains in (("HC0", ""), ("HC1", "HC1:2"), ("2,5,10", "")):
-        seen: list[torch.Tensor] = []
-        handle = model.register_forward_pre_hook(
-            lambda m, a, kw, seen=seen: seen.append(kw["hint"].detach().clone()), with_kwargs=True)
-        try:
+        with recorded_hints(model) as seen:
             results[modules] = sample(unet, *_apply(node, cn, scg_ae, image, modules, gains), LATENT, steps=2)
-        finally:
-            handle.remove()
         mods = ae.resolve_modules(modules)
         want = ae.hint(x, mods, gains or None)
         assert seen and all(h.shape[1:] == (19, 61, 61) for h in seen)
