@@ -47,7 +47,7 @@ if ! _scg_has_torch "$PY"; then
   pip_quiet ${SCG_TORCH_INDEX:+--index-url "$SCG_TORCH_INDEX"} $_scg_torch
 fi
 # pip runs again only when the requirement lists changed since the last install into this venv
-_scg_stamp="$(cat requirements.txt ${SCG_DEV:+requirements-dev.txt} | cksum)"
+_scg_stamp="$(cat requirements.txt ${SCG_DEV:+requirements-train.txt requirements-dev.txt} | cksum)"
 if [ "$(cat "$VENV/.scg_requirements" 2>/dev/null)" != "$_scg_stamp" ]; then
   pip_quiet -r requirements.txt ${SCG_DEV:+-r requirements-dev.txt}
   echo "$_scg_stamp" > "$VENV/.scg_requirements"

@@ -1,13 +1,12 @@
 """Advanced-ControlNet (ACN) loaded as a second custom node pack: its ControlNets go through SCG as they are.
 
-ACN is checked out from the local mirror (or ``$SCG_ACN_REPO``, a git repository) once per session;
-without it the module is SKIPPED, loudly.
+ACN is the folder ``$SCG_ACN_PATH`` (default: ``ComfyUI-Advanced-ControlNet`` beside the host checkouts, where
+``.ci/setup-hosts.sh`` lays out 1.5.8), copied once per session; without it the module is SKIPPED, loudly
+(and fails under ``CI=true``).
 """
 import asyncio
-import os
-import subprocess
+import shutil
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,18 +15,19 @@ from safetensors.torch import save_file
 from scg_models.geometry import HintGeometry
 from scg_testing.core import recorded_hints
 from scg_testing.host import conditioning, make_images, random_ae, run_node, sample, tiny_control_model, tiny_unet
+from scg_testing.hosts import acn_path
 
-ACN_REPO = Path(os.environ.get("SCG_ACN_REPO", "/work/.mirror/Kosinkadink+ComfyUI-Advanced-ControlNet/repo"))
+ACN_PATH = acn_path()
 LATENT = torch.zeros(1, 4, 8, 8)
 
 
 @pytest.fixture(scope="session")
 def acn(host, tmp_path_factory):
-    """ACN's node classes, loaded by the host's own custom-node loader from a fresh checkout."""
-    if not (ACN_REPO / "HEAD").is_file() and not (ACN_REPO / ".git").exists():
-        pytest.skip(f"!!! Advanced-ControlNet not found at {ACN_REPO} (set $SCG_ACN_REPO): ACN tests SKIPPED")
+    """ACN's node classes, loaded by the host's own custom-node loader from a fresh copy."""
+    if not (ACN_PATH / "__init__.py").is_file():
+        pytest.skip(f"!!! Advanced-ControlNet not found at {ACN_PATH} (set $SCG_ACN_PATH): ACN tests SKIPPED")
     dest = tmp_path_factory.mktemp("custom_nodes") / "ComfyUI-Advanced-ControlNet"
-    subprocess.run(["git", "clone", "-q", str(ACN_REPO), str(dest)], check=True)
+    shutil.copytree(ACN_PATH, dest)
     assert asyncio.run(host.nodes.load_custom_node(str(dest), module_parent="custom_nodes")), "ACN failed to load"
     assert "ACN_ControlNetLoaderAdvanced" in host.nodes.NODE_CLASS_MAPPINGS
     return sys.modules[str(dest).replace(".", "_x_")]

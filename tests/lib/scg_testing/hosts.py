@@ -1,7 +1,9 @@
 """The ComfyUI checkouts (and frontends) the host and browser tiers run on.
 
 One host per pytest run: ``$COMFYUI_PATH``, else the ComfyUI that holds this extension in
-``custom_nodes/``, else ``~/comfy/ComfyUI``. ``$SCG_FRONTEND_ROOT`` (a folder holding the frontend's
+``custom_nodes/``, else ``~/comfy/ComfyUI`` (``$SCG_COMFY_HOME`` replaces ``~/comfy``; ``.ci/setup-hosts.sh``
+lays the matrix out there). Advanced-ControlNet, which the host tier loads as a second pack, is
+``$SCG_ACN_PATH``, else ``ComfyUI-Advanced-ControlNet`` in the same folder. ``$SCG_FRONTEND_ROOT`` (a folder holding the frontend's
 ``index.html``) makes the browser tier serve that frontend with ``--front-end-root``; unset, the host
 serves the frontend package installed for it.
 
@@ -25,6 +27,11 @@ MATRIX = (
     ("ComfyUI", ""),  # ComfyUI 0.8.0 with the frontend its requirements pin (1.35.9)
     ("ComfyUI-0.33", "frontend-1.58.1/comfyui_frontend_package/static"),  # ComfyUI 0.33.0 + frontend 1.58.1
 )
+
+
+def acn_path() -> Path:
+    """The Advanced-ControlNet folder the host tier loads as a second pack (it may be missing)."""
+    return Path(os.environ.get("SCG_ACN_PATH", COMFY_HOME / "ComfyUI-Advanced-ControlNet"))
 
 
 def is_host(path: str | os.PathLike | None) -> bool:
@@ -53,11 +60,26 @@ def host_version(host: Path) -> str:
     return str(runpy.run_path(str(host / "comfyui_version.py"))["__version__"])
 
 
+def frontend_version(host: Path, fe: Path | None) -> str:
+    """The frontend a host serves: the package at ``fe`` (``.../frontend-X/comfyui_frontend_package/static``),
+    else the version its requirements pin."""
+    if fe is not None:
+        return fe.parent.parent.name.removeprefix("frontend-")
+    for line in (host / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        if line.startswith("comfyui-frontend-package=="):
+            return line.split("==", 1)[1].strip()
+    return "?"
+
+
+def label_of(host: Path, fe: Path | None) -> str:
+    return f"ComfyUI {host_version(host)} + frontend {frontend_version(host, fe)}"
+
+
 def matrix() -> tuple[list[tuple[str, Path, Path | None]], list[str]]:
     """The (label, host, frontend root) pairs found, and a line for each pair that is missing."""
     if os.environ.get("COMFYUI_PATH"):
         host = find_host()
-        return ([(f"ComfyUI {host_version(host)}", host, frontend_root())] if host else
+        return ([(label_of(host, frontend_root()), host, frontend_root())] if host else
                 [], [] if host else [f"$COMFYUI_PATH={os.environ['COMFYUI_PATH']} holds no ComfyUI"])
     found, missing = [], []
     for checkout, frontend in MATRIX:
@@ -68,10 +90,11 @@ def matrix() -> tuple[list[tuple[str, Path, Path | None]], list[str]]:
         elif fe is not None and not (fe / "index.html").is_file():
             missing.append(f"no frontend at {fe} (for {host})")
         else:
-            label = f"ComfyUI {host_version(host)}" + (f" + {fe.parent.parent.name}" if fe else "")
-            found.append((label, host.resolve(), fe))
+            found.append((label_of(host, fe), host.resolve(), fe))
     if not found and (host := find_host()):
-        found.append((f"ComfyUI {host_version(host)}", host, frontend_root()))
+        found.append((label_of(host, frontend_root()), host, frontend_root()))
+    if found and not (acn_path() / "__init__.py").is_file():
+        missing.append(f"no Advanced-ControlNet at {acn_path()} (set $SCG_ACN_PATH)")
     return found, missing
 
 
