@@ -4,12 +4,13 @@ ComfyUI starts with empty models/input/output/user folders of its own (``--base-
 this repository in ``custom_nodes/``. Then, as a new user would:
 
 * the extension's first load made ``models/scg`` and put the example image into the input folder;
-* the template browser shows every workflow with its title and thumbnail;
+* the template browser shows every workflow with its title and thumbnail, under "Extensions" in the entry named
+  after the pack's folder (what the README tells users to look for);
 * each template loads like a click in the template browser, and its first Run works: the hypercolumn preview
   runs to the end with the shipped autoencoder; the SD1.5 templates are refused only in their loaders, for
   the SD1.5 weights no fresh host has (the frontend names them, with their download links), and whatever
   needs no SD1.5 weights (the Canny preview) runs;
-* the README's section on queueing a workflow over HTTP works as written against this host.
+* docs/http.md (queueing a workflow over HTTP) works as written against this host.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from scg_testing import workflows
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-PACK = "scg-comfy"
+#: the folder ``git clone`` of the README's install makes, and so the name the template browser lists the pack under
+PACK = "scg-pattern-completion"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,10 @@ def test_first_load_made_the_model_folder_and_the_example_image(server):
 def test_template_browser_shows_every_workflow_with_title_and_thumbnail(server, page):
     names = workflows.names()
     assert sorted(harness.list_templates(server.url)[PACK]) == names
-    assert sorted(harness.page_templates(page)["custom"][PACK]) == names
+    known = harness.page_templates(page)
+    assert sorted(known["custom"][PACK]) == names
+    # where the README sends users: the entry named after the pack's folder, under the heading "Extensions"
+    assert PACK in known["groups"].get("Extensions", []), known["groups"]
     # what the user sees in the template browser: a card per workflow, its title, its thumbnail loaded
     shown = harness.run_js(page, "template_browser", PACK, names, harness.TEMPLATES_DIALOG_KEY)
     assert sorted(shown["titles"]) == names, shown
@@ -95,14 +100,14 @@ def test_template_runs_the_first_time(name, server, page):
         harness.close_dialogs(page)
 
 
-def test_readme_queues_a_workflow_over_http(server, tmp_path):
-    section = (ROOT / "README.md").read_text(encoding="utf-8").split("### Queueing a workflow over HTTP")[1]
-    blocks = dict(re.findall(r"```(\w+)\n(.*?)```", section.split("\n## ")[0], re.S))
+def test_docs_http_queues_a_workflow_over_http(server, tmp_path):
+    page = (ROOT / "docs" / "http.md").read_text(encoding="utf-8")
+    blocks = dict(re.findall(r"```(\w+)\n(.*?)```", page, re.S))
     script = ROOT / "scripts" / "queue_workflow.py"
-    assert blocks["python"] in script.read_text(encoding="utf-8")  # the README shows the script's own code
+    assert blocks["python"] in script.read_text(encoding="utf-8")  # the page shows the script's own code
     command = shlex.split(blocks["bash"])
     assert command[:2] == ["python", "scripts/queue_workflow.py"], command
-    # the README's command, with this host's address and a temp folder (later options win)
+    # the page's command, with this host's address and a temp folder (later options win)
     done = subprocess.run([sys.executable, *command[1:], "--server", server.url, "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -1,6 +1,6 @@
 """Every shipped workflow (``workflows/*.json``, the pack's templates) in ComfyUI's real frontend.
 
-One ComfyUI server (this repository symlinked into its ``custom_nodes/`` as ``scg-comfy``, stand-in SD1.5
+One ComfyUI server (this repository symlinked into its ``custom_nodes/`` as ``scg-pattern-completion``, stand-in SD1.5
 files with the names the workflows use) and one headless Chromium page serve the module. For each workflow:
 
 * it loads the way a drop loads it (``app.handleFile``) with no missing-node, missing-model or widget warning;
@@ -36,7 +36,7 @@ from scg_testing import workflows
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-PACK = "scg-comfy"  # the folder name the README's install uses; the template browser's module name
+PACK = "scg-pattern-completion"  # the folder the README's git clone makes; the template browser lists the pack by it
 WORKFLOWS = workflows.names()
 RUNS_TO_THE_END = "SCG hypercolumn preview"
 GRAPH_SHOT = ("SCG text to image (SD1.5)", "sd15_scg_txt2img_graph.png")

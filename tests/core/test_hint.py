@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from scg_models import AUTHORS_MEAN, AUTHORS_STD
+from scg_testing.authors_files import AE_KEYS, authors_arg
 from scg_testing.core import images, random_ae
 from scg_testing.reference import measured_kernel, reference_hint
 
@@ -19,10 +20,13 @@ def test_composite_kernel_equals_measured_cascade(gonlin):
     assert torch.allclose(got, W, rtol=0, atol=1e-6 * W.abs().max())
 
 
-def test_released_shapes():
+def test_the_default_configuration_is_the_released_one():
+    """The default model has the factor layers of the authors' equ_nv16_vl4_rn1_Bipolar_norm.pth (their key names
+    and shapes), composes them into the 21x21 kernel of their arg, and gives their 509x509 hint at 512."""
     ae = random_ae("Bipolar")
-    assert (ae.kernel_size, ae.stride, ae.padding) == (21, 4, 10)
-    assert sum(p.numel() for p in ae.parameters()) == 4400
+    assert {k.removeprefix("gonlin."): tuple(v.shape) for k, v in ae.state_dict().items()} == AE_KEYS
+    arg = authors_arg()
+    assert (ae.kernel_size, ae.stride, ae.padding) == (arg.lgn_kernel_size, arg.lgn_stride, arg.lgn_padding)
     assert ae.output_size(512, 512) == (509, 509)
     x = images(1, 512, 512)
     assert ae.hint(x, "HC3").shape == (1, 3, 509, 509)

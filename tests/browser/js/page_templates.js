@@ -14,7 +14,9 @@ for (const t of st.enhancedTemplates) {
   if (t.sourceModule && t.sourceModule !== 'default') (custom[t.sourceModule] ||= []).push(t.name);
 }
 const categories = [];
+const groups = {};  // the left column's headed groups: title -> the labels of their entries
 for (const g of st.navGroupedTemplates) {
   for (const item of (g.items || [g])) if (item && item.id) categories.push(item.id);
+  if (g.title && g.items) groups[g.title] = g.items.map(item => item.label);
 }
-return JSON.stringify({loaded: st.isLoaded, custom, categories});
+return JSON.stringify({loaded: st.isLoaded, custom, categories, groups});

@@ -502,5 +502,6 @@ def previews(driver: ChromeSession, node_ids: Sequence[str], timeout: float = 30
 
 
 def page_templates(driver: ChromeSession) -> dict:
-    """What the template browser knows: ``{"loaded", "custom": {pack: [names]}, "categories": [nav ids]}``."""
+    """What the template browser knows: ``{"loaded", "custom": {pack: [names]}, "categories": [nav ids],
+    "groups": {heading of the left column: [labels of its entries]}}``."""
     return run_js(driver, "page_templates", TEMPLATES_DIALOG_KEY)
