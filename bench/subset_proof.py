@@ -178,9 +178,9 @@ def train_argv(base: str, ae: str, data: Path, out: Path, modules: str, a, *extr
     return ["--base", base, "--autoencoder", ae, "--modules", modules, "--data", str(data), "--out", str(out),
             "--resolution", str(a.resolution), "--batch-size", str(a.batch_size), "--steps", str(a.steps),
             "--lr", str(a.lr), "--seed", "0", "--workers", "0", "--samples", "0", "--eval-images", "4",
-            "--sample-every", "0", "--save-every", "100000", "--log-every", "25", "--no-progress", "--precision",
+            "--sheet-every", "0", "--ckpt-every", "100000", "--log-every", "25", "--no-progress", "--precision",
             "fp32", "--no-gradient-checkpointing", "--precompute", "--cache-dir", str(out.with_suffix(".cache")),
-            "--cpu", *(["--comfyui", a.comfyui] if a.comfyui else []), *extra]
+            "--device", "cpu", *(["--comfyui", a.comfyui] if a.comfyui else []), *extra]
 
 
 def train_all(jobs: dict[str, list[str]], logs: Path) -> dict[str, dict]:
@@ -213,11 +213,10 @@ def train_child(argv: list[str]) -> int:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     from scg_testing import tiny_sd15
-    from train.controlnet import build_parser, run
+    from train.controlnet import train
 
     tiny_sd15.install()
-    run(build_parser().parse_args(argv))
-    return 0
+    return train(argv)
 
 
 def evaluate(base: str, data: Path, out: Path, controlnets: list[str], groups: str, a) -> dict:

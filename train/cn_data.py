@@ -27,7 +27,8 @@ import torch
 from scg_models import imaging
 from scg_models.imaging import ImageFileError, check_image, fit, scan_images
 
-from .runtime import Dist, EpochOrder, StepSampler, TrainError, atomic_write, progress
+from .loop import progress
+from .runtime import Dist, EpochOrder, StepSampler, TrainError, atomic_write
 
 CACHE_VERSION = 1
 
@@ -296,14 +297,23 @@ class TrainSet(torch.utils.data.Dataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    out = {"position": torch.tensor([s["position"] for s in samples]),
-           "item": torch.tensor([s["item"] for s in samples]),
-           "image": torch.stack([s["image"] for s in samples]),
-           "caption": [s["caption"] for s in samples],
-           "skipped": [x for s in samples for x in s["skipped"]]}
-    if "latent" in samples[0]:
-        out["latent"] = torch.stack([s["latent"] for s in samples])
-        out["text"] = torch.stack([s["text"] for s in samples])
+    """Samples of a :class:`TrainSet` -> one batch: ``image`` Bx3xRxR in [0, 1] (the target: the
+    latent the UNet denoises is its latent), ``position``, ``item`` (tensors of B), ``caption`` (B
+    strings), ``skipped`` (every sample's, flattened), and with a cache ``latent``/``text``. Any
+    other field a data set adds comes through the same way: tensors stacked, numbers as a tensor,
+    the rest as a list (a paired data set's hint-source image, say: what the ControlNet receives for a
+    batch is :meth:`train.cn_step.Trainer.input_of`)."""
+    out: dict = {}
+    for key, first in samples[0].items():
+        values = [s[key] for s in samples]
+        if key == "skipped":
+            out[key] = [x for v in values for x in v]
+        elif isinstance(first, torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(first, (int, float)):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
     return out
 
 

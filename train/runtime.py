@@ -1,12 +1,11 @@
-"""What both trainers share: processes, files, stopping, progress, data order, the metrics log, resuming.
+"""What both trainers share: processes, files, data order, the metrics log, checkpoints and resuming
+(the loop itself, stopping and the progress bar: :mod:`train.loop`).
 
 * :class:`Dist` - this process of a ``torchrun`` job (or the only one): NCCL on GPUs, gloo on
   the CPU; only rank 0 writes files.
 * :func:`atomic_write` - every file a trainer writes appears whole or not at all: written under a
   temporary name that never ends in a model extension (``.NAME.PID.partial``), fsynced, renamed.
   :func:`remove_partials` deletes those of killed runs.
-* :class:`StopSignal` - SIGINT/SIGTERM end the run at the next step boundary with a checkpoint.
-* :func:`progress` - a tqdm bar when tqdm is installed and wanted, else a silent stand-in.
 * :class:`EpochOrder`, :class:`StepSampler` - which sample a position holds is a pure function
   of (seed, position), so a resumed or multi-process run sees exactly the same batches.
 * :class:`MetricsLog` - ``metrics.jsonl`` in the work dir: one JSON object a line, each with
@@ -25,9 +24,7 @@ import glob
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -114,14 +111,12 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
-    def mean(self, values: dict[str, float]) -> dict[str, float]:
-        """A dict of floats averaged over ranks (same keys everywhere)."""
-        if not self.enabled or not values:
-            return dict(values)
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
+    def average(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (float64, on this process's device) averaged over processes, on the CPU."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t = t / self.world_size
+        return t.cpu()
 
     def gather(self, obj) -> list:
         """Every rank's (small, picklable) ``obj``, in rank order."""
@@ -159,65 +154,6 @@ class Dist:
 def save_torch(obj, path) -> str:
     """``torch.save`` through :func:`atomic_write`."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-# --- stopping ------------------------------------------------------------------------------
-class StopSignal:
-    """``with StopSignal() as stop:`` SIGINT/SIGTERM set ``stop.requested`` (the loop finishes its
-    step and writes a checkpoint); a second Ctrl-C raises KeyboardInterrupt (no checkpoint)."""
-
-    def __init__(self, announce: bool = True):
-        self.requested, self.announce, self._old = False, announce, {}
-
-    def __enter__(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        if self.announce:
-            print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
-                  "(Ctrl-C again to abort without one)", file=sys.stderr)
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-        self._old = {}
-
-
-# --- progress ------------------------------------------------------------------------------
-class _NoBar:
-    def __init__(self, iterable=None):
-        self.iterable = iterable
-
-    def __iter__(self):
-        return iter(self.iterable)
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, *args, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress(iterable=None, *, total: int | None = None, initial: int = 0, desc: str = "train",
-             enabled: bool = True, unit: str = "step"):
-    """A tqdm bar (when installed and ``enabled``) or a silent stand-in with the same methods."""
-    if not enabled:
-        return _NoBar(iterable)
-    try:
-        from tqdm import tqdm
-    except ImportError:  # optional (requirements-dev.txt); the metrics log is always written
-        return _NoBar(iterable)
-    return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
-                mininterval=1.0 if sys.stderr.isatty() else 30.0)
 
 
 # --- data order -----------------------------------------------------------------------------
@@ -393,15 +329,6 @@ def default_work_dir(out: str) -> str:
     """``NAME.train/`` next to ``NAME.safetensors``."""
     out = os.fspath(out)
     return (out[:-len(".safetensors")] if out.endswith(".safetensors") else out) + ".train"
-
-
-def check_finite(values: dict[str, float], step: int) -> None:
-    """A non-finite loss ends the run (exit 2); the newest checkpoint stays the last good one."""
-    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
-    if bad:
-        raise TrainError(f"step {step}: the loss is not finite ({', '.join(f'{k} {v}' for k, v in bad.items())}); "
-                         "nothing written for this step, the newest checkpoint is the last good one "
-                         "(check the inputs, or try a lower --lr or --clip-grad 1)")
 
 
 def run_cli(main: Callable[[], int]) -> int:

@@ -19,7 +19,7 @@ def trained(files):
     """30 steps on 4 images (a 5th held out for the sample sheets) at a learning rate that shows."""
     out = files["root"] / "trained" / "scg_tiny.safetensors"
     summary = run_controlnet(controlnet_args(files, out, "--steps", "30", "--lr", "1e-3", "--samples", "1",
-                                   "--sample-every", "15", "--sample-steps", "2", "--eval-images", "4",
+                                   "--sheet-every", "15", "--sample-steps", "2", "--eval-images", "4",
                                    "--log-every", "5"))
     return out, summary
 

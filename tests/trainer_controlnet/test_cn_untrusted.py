@@ -45,7 +45,7 @@ def test_an_autoencoder_whose_hints_are_not_finite_is_an_error_not_a_nan_model(f
 
 
 def test_a_non_finite_loss_keeps_the_last_good_checkpoint(files, tmp_path, monkeypatch):
-    from train.controlnet import Trainer
+    from train.cn_step import Trainer
 
     real_step, calls = Trainer.step, []
 
@@ -57,7 +57,7 @@ def test_a_non_finite_loss_keeps_the_last_good_checkpoint(files, tmp_path, monke
     monkeypatch.setattr(Trainer, "step", step)
     out = tmp_path / "n.safetensors"
     with pytest.raises(TrainError, match="step 3: the loss is not finite"):
-        run_controlnet(controlnet_args(files, out, "--steps", "6", "--save-every", "2", "--keep", "5",
+        run_controlnet(controlnet_args(files, out, "--steps", "6", "--ckpt-every", "2", "--keep", "5",
                                        "--no-gradient-checkpointing", "--lr", "1e-3"))
     assert [os.path.basename(p) for p in runtime.checkpoints(tmp_path / "n.train")] == ["step_00000002.pt"]
     assert _info(out)["steps"] == 2
@@ -99,7 +99,7 @@ def test_a_hostile_data_folder_neither_hangs_nor_aborts(files, tmp_path):
 
 def test_a_resumed_log_has_each_step_once(files, tmp_path):
     out = tmp_path / "d.safetensors"
-    common = ("--steps", "6", "--log-every", "1", "--save-every", "2", "--keep", "5", "--no-gradient-checkpointing")
+    common = ("--steps", "6", "--log-every", "1", "--ckpt-every", "2", "--keep", "5", "--no-gradient-checkpointing")
     first = run_controlnet(controlnet_args(files, out, *common, "--stop-after", "3"))
     assert first["step"] == 3
     os.unlink(runtime.checkpoints(tmp_path / "d.train")[-1])  # killed after logging step 3, before its save

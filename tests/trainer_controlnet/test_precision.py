@@ -14,17 +14,17 @@ pytestmark = pytest.mark.host
 
 
 def test_bf16_stores_the_frozen_unet_in_bf16_and_trains(files, monkeypatch):
-    from train import controlnet
+    from train import cn_step
 
     seen = {}
-    real = controlnet.Trainer.__init__
+    real = cn_step.Trainer.__init__
 
     def spy(self, base, *args, **kwargs):
         real(self, base, *args, **kwargs)
         seen["unet"] = {p.dtype for p in base.unet.parameters()}
         seen["controlnet"] = {p.dtype for p in self.controlnet.parameters()}
 
-    monkeypatch.setattr(controlnet.Trainer, "__init__", spy)
+    monkeypatch.setattr(cn_step.Trainer, "__init__", spy)
     out = files["root"] / "bf16unet" / "e.safetensors"
     s = run_controlnet(controlnet_args(files, out, "--steps", "3", "--precision", "bf16", "--lr", "1e-3",
                                        "--log-every", "1"))

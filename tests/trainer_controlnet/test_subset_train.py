@@ -30,7 +30,7 @@ def trained(files):
     out = files["root"] / "subsets" / "any.safetensors"
     summary = run_controlnet(controlnet_args(files, out, *SUBSETS, "--steps", "30", "--lr", "1e-3",
                                              "--eval-images", "4", "--log-every", "5", "--samples", "1",
-                                             "--sample-every", "30", "--sample-steps", "2"))
+                                             "--sheet-every", "30", "--sample-steps", "2"))
     return out, summary
 
 
@@ -53,17 +53,17 @@ def test_any_subset_training_lowers_the_loss_and_writes_the_format(trained, file
 
 
 def test_resume_draws_the_same_subsets(files, monkeypatch):
-    from train import controlnet
+    from train import cn_step
 
     drawn: list[tuple[int, tuple]] = []
-    real = controlnet.SubsetTrainer.subsets_of
+    real = cn_step.SubsetTrainer.subsets_of
 
     def record(self, positions):
         out = real(self, positions)
         drawn.extend((int(p), tuple(s)) for p, s in zip(positions, out) if int(p) >= 0)  # eval positions are < 0
         return out
 
-    monkeypatch.setattr(controlnet.SubsetTrainer, "subsets_of", record)
+    monkeypatch.setattr(cn_step.SubsetTrainer, "subsets_of", record)
     root = files["root"] / "subset_resume"
     common = (*SUBSETS, "--steps", "5", "--lr", "1e-3", "--seed", "4", "--no-gradient-checkpointing")
     run_controlnet(controlnet_args(files, root / "a.safetensors", *common))

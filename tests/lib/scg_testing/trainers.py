@@ -62,17 +62,24 @@ def controlnet_args(files: dict, out, *extra) -> list[str]:
     """A fast ControlNet-trainer command line on the tiny models (override any option by appending it)."""
     return ["--base", files["base"], "--autoencoder", files["ae"], "--modules", "HC0", "--data", files["data"],
             "--out", str(out), "--resolution", str(RES), "--batch-size", "2", "--workers", "0", "--samples", "0",
-            "--eval-images", "0", "--sample-every", "0", "--save-every", "1000", "--no-progress",
-            "--precision", "fp32", "--cpu", *extra]
+            "--eval-images", "0", "--sheet-every", "0", "--ckpt-every", "1000", "--no-progress",
+            "--precision", "fp32", "--device", "cpu", *extra]
 
 
 def run_controlnet(argv) -> dict:
-    """``train.controlnet`` in this process (tiny-base hook installed); returns its summary."""
+    """``train.controlnet`` in this process (tiny-base hook installed); returns its summary: the
+    ``end`` event of its metrics log (``done`` is true exactly when the command returned 0)."""
     from scg_testing import tiny_sd15
-    from train.controlnet import build_parser, run
+    from train import controlnet, runtime
 
     tiny_sd15.install()
-    return run(build_parser().parse_args(argv))
+    options = controlnet.parse(argv)
+    code = controlnet.train(argv)
+    work_dir = options.work_dir or runtime.default_work_dir(options.out)
+    records = runtime.MetricsLog(os.path.join(work_dir, "metrics.jsonl"), 0, enabled=False).records()
+    summary = [r for r in records if r.get("event") == "end"][-1]
+    assert code == (0 if summary["done"] else 130), (code, summary)
+    return summary
 
 
 def _probe_main() -> int:
