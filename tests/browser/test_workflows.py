@@ -11,7 +11,8 @@ files with the names the workflows use) and one headless Chromium page serve the
   every preview is in the page;
 * its thumbnail ``workflows/<name>.jpg`` is served where the template browser looks for it.
 
-The input folder holds a user's own ``scg_example.jpg``: the extension's first-run setup must keep it.
+The input folder holds a user's own ``scg_example.jpg`` and ``scg_example_dark.jpg``: the extension's first-run
+setup must keep them, and add the other example images.
 
 ``SCG_SCREENSHOT_DIR=docs/img`` writes the README's screenshots (relative to the repository root);
 ``SCG_WRITE_WORKFLOW_FILES=1`` rewrites the thumbnails and ``workflows/api/*.json`` from this run instead of
@@ -78,11 +79,14 @@ def _tiny_pickle_ckpt(path: Path) -> None:
     torch.save({"state_dict": {"scg_stand_in": torch.zeros(1)}}, path)
 
 
-def _user_image() -> bytes:
-    """A user's own scg_example.jpg: the example re-encoded (the same picture, other bytes)."""
+USERS_IMAGES = ("scg_example.jpg", "scg_example_dark.jpg")
+
+
+def _user_image(name: str = "scg_example.jpg") -> bytes:
+    """A user's own file of an example's name: the example re-encoded (the same picture, other bytes)."""
     from PIL import Image
 
-    with Image.open(workflows.WORKFLOW_DIR / "scg_example.jpg") as im:
+    with Image.open(workflows.WORKFLOW_DIR / name) as im:
         out = io.BytesIO()
         im.convert("RGB").save(out, "JPEG", quality=70)
     return out.getvalue()
@@ -98,7 +102,8 @@ def _prepare_base_dir(base: Path) -> None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 (_tiny_safetensors if path.suffix == ".safetensors" else _tiny_pickle_ckpt)(path)
     (base / "input").mkdir(parents=True, exist_ok=True)
-    (base / "input" / "scg_example.jpg").write_bytes(_user_image())
+    for name in USERS_IMAGES:
+        (base / "input" / name).write_bytes(_user_image(name))
 
 
 # --------------------------------------------------------------------------------------
@@ -198,11 +203,15 @@ def _execution_error(entry: dict) -> dict | None:
 
 def test_every_workflow_is_covered():
     assert RUNS_TO_THE_END in WORKFLOWS and GRAPH_SHOT[0] in WORKFLOWS
-    assert len(WORKFLOWS) >= 4, WORKFLOWS
+    assert len(WORKFLOWS) >= 9, WORKFLOWS
 
 
-def test_first_load_kept_the_users_image(server):
-    assert (server.input_dir / "scg_example.jpg").read_bytes() == _user_image()
+def test_first_load_kept_the_users_images(server):
+    for name in USERS_IMAGES:
+        assert (server.input_dir / name).read_bytes() == _user_image(name) != (workflows.WORKFLOW_DIR / name).read_bytes()
+    for example in workflows.WORKFLOW_DIR.glob("scg_example*.jpg"):  # the others: the shipped files
+        if example.name not in USERS_IMAGES:
+            assert (server.input_dir / example.name).read_bytes() == example.read_bytes()
     assert (server.models_dir / "scg").is_dir()
 
 
